@@ -1,5 +1,6 @@
-// Type-checks every TypeScript code block in README.md and docs/*.md. Blocks fenced as
-// ```ts or ```typescript are checked; fence a fragment as ```ts no-check to leave it out.
+// Type-checks every TypeScript code block in README.md, docs/*.md and the `@example` blocks of the
+// JSDoc in src/. Blocks fenced as ```ts or ```typescript are checked; fence a fragment as
+// ```ts no-check to leave it out.
 // Imports of "effect-eventually" resolve to the sources, through tsconfig.docs.json.
 import { spawnSync } from "node:child_process"
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -19,10 +20,19 @@ const markdown = [
     .map((file) => join(root, "docs", file))
 ]
 
+const jsdoc = readdirSync(join(root, "src"), { recursive: true })
+  .map(String)
+  .filter((file) => file.endsWith(".ts") && !file.endsWith(".d.ts"))
+  .map((file) => join(root, "src", file))
+
+// Inside a JSDoc comment a block's lines start with " * ": strip that to get the code.
+const fromJsdoc = (text: string): string => text.replace(/^[ \t]*\* ?/gm, "")
+
 let count = 0
 const sources: Array<string> = []
-for (const file of markdown) {
-  const text = readFileSync(file, "utf8")
+for (const file of [...markdown, ...jsdoc]) {
+  const raw = readFileSync(file, "utf8")
+  const text = file.endsWith(".ts") ? fromJsdoc(raw) : raw
   const fence = /^```(ts|typescript)([^\n]*)\n([\s\S]*?)^```/gm
   for (const match of text.matchAll(fence)) {
     if (match[2].includes("no-check")) continue

@@ -7,6 +7,8 @@
  *
  * @since 0.1.0
  */
+// eslint-disable-next-line @typescript-eslint/triple-slash-reference -- Azurite ships no types; these declarations travel with this module
+/// <reference path="../internal/azurite.d.ts" />
 import type { Scope } from "effect"
 import { Context, Effect, Layer, Redacted } from "effect"
 
