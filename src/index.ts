@@ -5,6 +5,27 @@
  */
 
 /**
+ * Pure deciders: `initialState`, `evolve`, `decide`, and helpers to fold and run them.
+ *
+ * @since 0.1.0
+ */
+export * as Decider from "./Decider.js"
+
+/**
+ * Typed codecs between domain events (and snapshots) and the stored form.
+ *
+ * @since 0.1.0
+ */
+export * as EventCodec from "./EventCodec.js"
+
+/**
+ * Command handling: load, decide, append atomically, retry on conflict.
+ *
+ * @since 0.1.0
+ */
+export * as Aggregate from "./Aggregate.js"
+
+/**
  * The event store port, its models and its in-memory implementation.
  *
  * @since 0.1.0

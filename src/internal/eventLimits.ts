@@ -1,78 +1,86 @@
-// Size checks shared by every event store, so the memory store refuses what Azure would refuse.
-// Sizes are estimated the way Table Storage counts them: UTF-16 strings (2 bytes a character)
-// plus a fixed overhead per property and per entity.
-import { Effect } from "effect"
+// Size checks shared by every event store, so the memory store refuses exactly what the Azure
+// adapter refuses. The rows are encoded the way the adapter stores them (tableLayout.ts) and
+// measured the way Table Storage counts: per entity in UTF-16 bytes (1 MiB limit), per batch in
+// request bytes (4 MiB limit).
+import { Effect, Either } from "effect"
 import type { EventData, Snapshot } from "../EventStore.js"
 import { limits } from "../EventStore.js"
 import { AppendTooLarge, EventTooLarge } from "../EventStoreError.js"
+import * as Layout from "./tableLayout.js"
 
-/** Largest string property: 64 KiB, i.e. 32K UTF-16 code units. */
-export const maxStringChars = 32 * 1024
+/** The rows of one append, checked against the limits of one entity group transaction. */
+export interface EncodedAppend {
+  readonly head: Layout.TableRow
+  readonly events: ReadonlyArray<Layout.TableRow>
+}
 
-const entityOverhead = 4 + 2 * (1024 + 1024) // partition key and row key budget
+/** Properties that cannot be split across columns. */
+const unsplittable = (event: EventData): number => Math.max(event.eventId.length, event.type.length)
 
-const stringBytes = (value: string): number => 8 + 2 * value.length
+const tooMany = (streamId: string, eventCount: number, bytes?: number) =>
+  new AppendTooLarge({
+    streamId,
+    eventCount,
+    ...(bytes === undefined ? {} : { bytes }),
+    maxEvents: limits.maxEventsPerAppend,
+    maxBytes: limits.maxAppendBytes
+  })
 
-/** The estimated stored size of one event row. */
-export const eventBytes = (event: EventData): number =>
-  entityOverhead +
-  stringBytes(event.eventId) +
-  stringBytes(event.type) +
-  8 +
-  stringBytes(JSON.stringify(event.data) ?? "null") +
-  stringBytes(JSON.stringify(event.metadata))
-
-/** The estimated stored size of the head row carrying a snapshot. */
-export const snapshotBytes = (snapshot: Snapshot): number =>
-  entityOverhead + 16 + stringBytes(JSON.stringify(snapshot.state) ?? "null")
-
-/** Checks an append against the limits of one entity group transaction, before anything is written. */
-export const checkAppend = (
+/**
+ * Encodes an append into the rows of one entity group transaction, refusing it before anything
+ * is written when it cannot fit: more than 99 events, an entity over 1 MiB, an event id or type
+ * over one string property (32K characters), or over 4 MiB of request in all.
+ */
+export const encodeAppend = (
   streamId: string,
+  expectedVersion: number,
   events: ReadonlyArray<EventData>,
   snapshot: Snapshot | undefined
-): Effect.Effect<void, AppendTooLarge | EventTooLarge> =>
-  Effect.suspend((): Effect.Effect<void, AppendTooLarge | EventTooLarge> => {
-    if (events.length > limits.maxEventsPerAppend) {
-      return Effect.fail(
-        new AppendTooLarge({
-          streamId,
-          eventCount: events.length,
-          maxEvents: limits.maxEventsPerAppend,
-          maxBytes: limits.maxAppendBytes
-        })
+): Either.Either<EncodedAppend, AppendTooLarge | EventTooLarge> => {
+  if (events.length > limits.maxEventsPerAppend) return Either.left(tooMany(streamId, events.length))
+  const rows: Array<Layout.TableRow> = []
+  let bound = Layout.batchOverheadBytes
+  for (let index = 0; index < events.length; index++) {
+    const event = events[index]
+    const chars = unsplittable(event)
+    if (chars > Layout.maxStringChars) {
+      return Either.left(
+        new EventTooLarge({ streamId, type: event.type, index, bytes: 2 * chars, maxBytes: 2 * Layout.maxStringChars })
       )
     }
-    let total = entityOverhead + 64
-    for (let index = 0; index < events.length; index++) {
-      const event = events[index]
-      const bytes = eventBytes(event)
-      if (bytes > limits.maxEntityBytes) {
-        return Effect.fail(
-          new EventTooLarge({ streamId, type: event.type, index, bytes, maxBytes: limits.maxEntityBytes })
-        )
-      }
-      total += bytes
-    }
-    if (snapshot !== undefined) {
-      const bytes = snapshotBytes(snapshot)
-      if (bytes > limits.maxEntityBytes) {
-        return Effect.fail(
-          new EventTooLarge({ streamId, type: "$snapshot", index: -1, bytes, maxBytes: limits.maxEntityBytes })
-        )
-      }
-      total += bytes
-    }
-    if (total > limits.maxAppendBytes) {
-      return Effect.fail(
-        new AppendTooLarge({
-          streamId,
-          eventCount: events.length,
-          bytes: total,
-          maxEvents: limits.maxEventsPerAppend,
-          maxBytes: limits.maxAppendBytes
-        })
+    const row = Layout.encodeEvent(streamId, expectedVersion + index + 1, event)
+    const bytes = Layout.entityBytes(row)
+    if (bytes > limits.maxEntityBytes) {
+      return Either.left(
+        new EventTooLarge({ streamId, type: event.type, index, bytes, maxBytes: limits.maxEntityBytes })
       )
     }
-    return Effect.void
-  })
+    rows.push(row)
+    bound += Layout.operationBytesBound(row)
+  }
+  const head = Layout.encodeHead(streamId, expectedVersion + events.length, snapshot)
+  const headBytes = Layout.entityBytes(head)
+  if (headBytes > limits.maxEntityBytes) {
+    return Either.left(
+      new EventTooLarge({ streamId, type: "$snapshot", index: -1, bytes: headBytes, maxBytes: limits.maxEntityBytes })
+    )
+  }
+  bound += Layout.operationBytesBound(head)
+  // The exact request size costs a serialization of every row: only computed when the cheap
+  // upper bound does not settle it.
+  if (bound > limits.maxAppendBytes) {
+    let total = Layout.batchOverheadBytes + Layout.operationBytes(head)
+    for (const row of rows) total += Layout.operationBytes(row)
+    if (total > limits.maxAppendBytes) return Either.left(tooMany(streamId, events.length, total))
+  }
+  return Either.right({ head, events: rows })
+}
+
+/** {@link encodeAppend} as an Effect. */
+export const checkAppend = (
+  streamId: string,
+  expectedVersion: number,
+  events: ReadonlyArray<EventData>,
+  snapshot: Snapshot | undefined
+): Effect.Effect<EncodedAppend, AppendTooLarge | EventTooLarge> =>
+  Effect.suspend(() => encodeAppend(streamId, expectedVersion, events, snapshot))

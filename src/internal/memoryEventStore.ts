@@ -1,5 +1,5 @@
 import { Effect, Option, Ref } from "effect"
-import type { AppendResult, EventStoreService, RecordedEvent, Snapshot } from "../EventStore.js"
+import type { AppendResult, EventData, EventStoreService, RecordedEvent, Snapshot } from "../EventStore.js"
 import { ConcurrencyConflict } from "../EventStoreError.js"
 import * as StreamId from "../StreamId.js"
 import { checkAppend } from "./eventLimits.js"
@@ -12,6 +12,16 @@ interface StoredStream {
 // Values go through JSON on the way in and out, as they do in Table Storage, so a test cannot
 // depend on object identity or on values JSON would not keep.
 const roundTrip = <A>(value: A): A => JSON.parse(JSON.stringify(value)) as A
+
+// The events at the versions this append would take carry its event ids, in order.
+const isAlreadyStored = (
+  stored: ReadonlyArray<RecordedEvent>,
+  expectedVersion: number,
+  events: ReadonlyArray<EventData>
+): boolean =>
+  events.length > 0 && Number.isInteger(expectedVersion) && expectedVersion >= 0 &&
+  stored.length >= expectedVersion + events.length &&
+  events.every((event, index) => stored[expectedVersion + index].eventId === event.eventId)
 
 export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
   const streams = yield* Ref.make(new Map<string, StoredStream>())
@@ -51,13 +61,23 @@ export const make: Effect.Effect<EventStoreService> = Effect.gen(function*() {
     append: (streamId, expectedVersion, events, options) =>
       Effect.gen(function*() {
         yield* StreamId.check(streamId)
-        yield* checkAppend(streamId, events, options?.snapshot)
+        yield* checkAppend(streamId, expectedVersion, events, options?.snapshot)
         return yield* Ref.modify(streams, (map): readonly [
           Effect.Effect<AppendResult, ConcurrencyConflict>,
           Map<string, StoredStream>
         ] => {
           const stream = map.get(streamId)
-          const actualVersion = stream?.events.length ?? 0
+          const storedEvents = stream?.events ?? []
+          const actualVersion = storedEvents.length
+          if (isAlreadyStored(storedEvents, expectedVersion, events)) {
+            // A retry of an append that was stored: succeed without writing again, as the Azure
+            // adapter does, so retries are idempotent with every store.
+            const stored = storedEvents.slice(expectedVersion, expectedVersion + events.length)
+            return [
+              Effect.succeed({ streamId, version: expectedVersion + events.length, events: stored.map(roundTrip) }),
+              map
+            ] as const
+          }
           if (actualVersion !== expectedVersion) {
             return [
               Effect.fail(new ConcurrencyConflict({ streamId, expectedVersion, actualVersion })),

@@ -1,0 +1,666 @@
+import type { TableEntityResult, TableServiceClientOptions, TransactionAction } from "@azure/data-tables"
+import { odata, TableClient } from "@azure/data-tables"
+import { Config, ConfigError, Duration, Effect, Either, Option, Redacted, Schedule } from "effect"
+import type * as Api from "../AzureTableEventStore.js"
+import type {
+  AppendError,
+  AppendResult,
+  EventData,
+  EventStoreService,
+  LoadedStream,
+  ReadOptions,
+  RecordedEvent
+} from "../EventStore.js"
+import type { DecodeError } from "../EventStoreError.js"
+import { ConcurrencyConflict, EventStoreFailure, EventStoreUnavailable } from "../EventStoreError.js"
+import * as StreamId from "../StreamId.js"
+import type { EncodedAppend } from "./eventLimits.js"
+import { encodeAppend } from "./eventLimits.js"
+import * as Layout from "./tableLayout.js"
+
+// Options and configuration
+
+export const defaultTableName = "events"
+export const defaultTimeout: Duration.Duration = Duration.seconds(30)
+export const defaultHeadCacheCapacity = 10_000
+
+export const defaultRetrySchedule: Schedule.Schedule<unknown, EventStoreUnavailable> = Schedule.exponential(
+  "100 millis",
+  2
+).pipe(
+  Schedule.jittered,
+  // `union` keeps the shorter delay: no wait is ever longer than 2 seconds.
+  Schedule.union(Schedule.spaced("2 seconds")),
+  Schedule.intersect(Schedule.recurs(5))
+)
+
+export const config: Config.Config<Api.Options> = Config.all({
+  connectionString: Config.redacted("AZURE_STORAGE_CONNECTION_STRING").pipe(
+    Config.withDescription("Connection string of the storage account (takes precedence over the account URL)."),
+    Config.option
+  ),
+  accountUrl: Config.string("AZURE_STORAGE_ACCOUNT_URL").pipe(
+    Config.withDescription(
+      "Table endpoint of the storage account, https://<account>.table.core.windows.net, used with DefaultAzureCredential."
+    ),
+    Config.option
+  ),
+  tableName: Config.string("EVENT_STORE_TABLE").pipe(
+    Config.withDefault(defaultTableName),
+    Config.withDescription("Name of the table holding the events.")
+  )
+}).pipe(
+  Config.mapOrFail(({ accountUrl, connectionString, tableName }): Either.Either<
+    Api.Options,
+    ConfigError.ConfigError
+  > => {
+    if (Option.isSome(connectionString)) return Either.right({ connectionString: connectionString.value, tableName })
+    if (Option.isSome(accountUrl)) return Either.right({ accountUrl: accountUrl.value, tableName })
+    return Either.left(
+      ConfigError.MissingData(
+        [],
+        "The event store needs AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL"
+      )
+    )
+  })
+)
+
+// Table names: 3 to 63 letters and digits, starting with a letter.
+const tableNamePattern = /^[A-Za-z][A-Za-z0-9]{2,62}$/
+
+const settingsOf = (connectionString: string): Map<string, string> => {
+  const settings = new Map<string, string>()
+  for (const part of connectionString.split(";")) {
+    const index = part.indexOf("=")
+    if (index > 0) settings.set(part.slice(0, index).trim().toLowerCase(), part.slice(index + 1).trim())
+  }
+  return settings
+}
+
+// Plain HTTP is only used by emulators (Azurite); the SDK refuses it unless told otherwise.
+const isInsecureConnectionString = (connectionString: string): boolean => {
+  const settings = settingsOf(connectionString)
+  const endpoint = settings.get("tableendpoint")
+  if (endpoint !== undefined) return endpoint.toLowerCase().startsWith("http:")
+  return settings.get("usedevelopmentstorage")?.toLowerCase() === "true" ||
+    settings.get("defaultendpointsprotocol")?.toLowerCase() === "http"
+}
+
+// The SDK's own retries are turned off: the adapter's `Schedule` is the single retry policy, so
+// attempts, delays and which failures are retried are decided in one place.
+const clientOptions = (allowInsecureConnection: boolean): TableServiceClientOptions => ({
+  allowInsecureConnection,
+  retryOptions: { maxRetries: 0 }
+})
+
+const configurationFailure = (reason: string) => new EventStoreFailure({ operation: "configure", reason })
+
+export const makeClient = (options: Api.Options): Effect.Effect<TableClient, EventStoreFailure> =>
+  Effect.gen(function*() {
+    const tableName = options.tableName ?? defaultTableName
+    if (!tableNamePattern.test(tableName)) {
+      return yield* Effect.fail(
+        configurationFailure(
+          `table name ${JSON.stringify(tableName)} is invalid: use 3 to 63 letters and digits, starting with a letter`
+        )
+      )
+    }
+    if (options.connectionString !== undefined) {
+      const connectionString = Redacted.value(options.connectionString)
+      return yield* Effect.try({
+        try: () =>
+          TableClient.fromConnectionString(
+            connectionString,
+            tableName,
+            clientOptions(isInsecureConnectionString(connectionString))
+          ),
+        // The SDK's message could quote the secret: keep a fixed one.
+        catch: () => configurationFailure("the connection string is malformed")
+      })
+    }
+    if (options.accountUrl !== undefined) {
+      const accountUrl = options.accountUrl
+      let url: URL
+      try {
+        url = new URL(accountUrl)
+      } catch {
+        return yield* Effect.fail(configurationFailure(`the account URL ${JSON.stringify(accountUrl)} is malformed`))
+      }
+      const credential = options.credential ?? (yield* Effect.tryPromise({
+        // Loaded on demand: @azure/identity is large, and connection strings do not need it.
+        try: () => import("@azure/identity").then(({ DefaultAzureCredential }) => new DefaultAzureCredential()),
+        catch: (cause) => configurationFailure(`DefaultAzureCredential could not be created: ${String(cause)}`)
+      }))
+      return new TableClient(accountUrl, tableName, credential, clientOptions(url.protocol === "http:"))
+    }
+    return yield* Effect.fail(configurationFailure("set either connectionString or accountUrl"))
+  })
+
+// Talking to the service. Every SDK call goes through `request`: a timeout per attempt, failures
+// classified once, transient ones retried under the schedule. Definite answers from the service
+// (404, 409, 412, 403, ...) are values, not errors, so each operation decides what they mean.
+
+interface Rejection {
+  readonly status: number | undefined
+  readonly code: string | undefined
+  readonly message: string
+}
+
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null
+
+// Azurite and some SDK paths put the service's error code in `details` or only in the header.
+const errorCode = (error: Record<string, unknown>): string | undefined => {
+  if (typeof error.code === "string") return error.code
+  const details = error.details
+  if (isRecord(details)) {
+    if (typeof details.errorCode === "string") return details.errorCode
+    if (isRecord(details.odataError) && typeof details.odataError.code === "string") return details.odataError.code
+  }
+  const response = error.response
+  if (isRecord(response) && isRecord(response.headers) && typeof response.headers.get === "function") {
+    const header: unknown = (response.headers.get as (name: string) => unknown)("x-ms-error-code")
+    if (typeof header === "string") return header
+  }
+  return undefined
+}
+
+const transientStatuses: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504])
+
+const transientCodes: ReadonlySet<string> = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EAI_AGAIN",
+  "ENETUNREACH",
+  "EHOSTUNREACH",
+  "REQUEST_SEND_ERROR"
+])
+
+const firstLine = (text: string): string => {
+  const index = text.indexOf("\n")
+  return (index === -1 ? text : text.slice(0, index)).trim()
+}
+
+// Some answers reach the SDK's error as the raw OData error body: take its code and message out.
+const fromODataBody = (message: string): { readonly code?: string; readonly message: string } => {
+  if (!message.startsWith("{")) return { message }
+  try {
+    const body: unknown = JSON.parse(message)
+    const error = isRecord(body) ? body["odata.error"] : undefined
+    if (!isRecord(error)) return { message }
+    const text = isRecord(error.message) && typeof error.message.value === "string" ? error.message.value : message
+    return typeof error.code === "string" ? { code: error.code, message: text } : { message: text }
+  } catch {
+    return { message }
+  }
+}
+
+const classify = (cause: unknown): Rejection & { readonly transient: boolean } => {
+  const error = isRecord(cause) ? cause : {}
+  const status = typeof error.statusCode === "number" ? error.statusCode : undefined
+  const body = fromODataBody(typeof error.message === "string" ? error.message : String(cause))
+  const code = errorCode(error) ?? body.code
+  const message = firstLine(body.message)
+  const transient = status === undefined
+    ? (code !== undefined && transientCodes.has(code)) || /socket hang up/i.test(message)
+    : transientStatuses.has(status)
+  return { transient, status, code, message }
+}
+
+const codeOf = (rejection: Pick<Rejection, "status" | "code">): string | undefined =>
+  rejection.code ?? (rejection.status === undefined ? undefined : String(rejection.status))
+
+const toFailure = (operation: string, streamId: string | undefined, rejection: Rejection) =>
+  new EventStoreFailure({ operation, streamId, code: codeOf(rejection), reason: rejection.message })
+
+const isTableMissing = (rejection: Rejection): boolean => rejection.code === "TableNotFound"
+
+// A 404 that is not about the table is about the entity.
+const isEntityMissing = (rejection: Rejection): boolean => rejection.status === 404 && !isTableMissing(rejection)
+
+// What an append's batch answers when the head is not where the ETag or the insert expected it.
+const isConcurrencyRejection = (rejection: Rejection): boolean =>
+  rejection.status === 412 ||
+  (rejection.status === 409 && (rejection.code === undefined || rejection.code === "EntityAlreadyExists")) ||
+  isEntityMissing(rejection)
+
+// A small LRU of stream heads. It only saves the point read before an append: the `If-Match` on
+// the head row, not the cache, is what makes appends correct.
+class HeadCache {
+  private readonly heads = new Map<string, Layout.Head>()
+  constructor(private readonly capacity: number) {}
+  get(streamId: string): Layout.Head | undefined {
+    const head = this.heads.get(streamId)
+    if (head !== undefined) {
+      this.heads.delete(streamId)
+      this.heads.set(streamId, head)
+    }
+    return head
+  }
+  // A slow read may finish after a newer append: never go back to an older head.
+  remember(streamId: string, head: Layout.Head): void {
+    if (this.capacity <= 0) return
+    const known = this.heads.get(streamId)
+    if (known !== undefined && known.version > head.version) return
+    this.heads.delete(streamId)
+    this.heads.set(streamId, head)
+    if (this.heads.size > this.capacity) {
+      const oldest = this.heads.keys().next()
+      if (oldest.done !== true) this.heads.delete(oldest.value)
+    }
+  }
+  forget(streamId: string): void {
+    this.heads.delete(streamId)
+  }
+}
+
+// What a read would return for the events just written: the same values, through JSON.
+const recordedOf = (
+  streamId: string,
+  expectedVersion: number,
+  events: ReadonlyArray<EventData>,
+  rows: ReadonlyArray<Layout.TableRow>
+): Array<RecordedEvent> =>
+  events.map((event, index) => ({
+    streamId,
+    version: expectedVersion + index + 1,
+    eventId: event.eventId,
+    type: event.type,
+    schemaVersion: event.schemaVersion,
+    data: JSON.parse(Layout.joinChunks(rows[index], Layout.column.data) ?? "null"),
+    metadata: JSON.parse(Layout.joinChunks(rows[index], Layout.column.metadata) ?? "null")
+  }))
+
+const rangeOf = (options: ReadOptions | undefined): Option.Option<{ readonly from: number; readonly to: number }> => {
+  const from = Math.max(1, Math.ceil(options?.fromVersion ?? 1))
+  const to = Math.min(Layout.maxVersion, Math.floor(options?.toVersion ?? Layout.maxVersion))
+  return Number.isNaN(from) || Number.isNaN(to) || to < from ? Option.none() : Option.some({ from, to })
+}
+
+export const fromClient = (
+  client: TableClient,
+  options: Api.StoreOptions = {}
+): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
+  Effect.gen(function*() {
+    const timeout = Duration.decode(options.timeout ?? defaultTimeout)
+    const timeoutMillis = Duration.toMillis(timeout)
+    const schedule = options.retry ?? defaultRetrySchedule
+    const cache = new HeadCache(options.headCacheCapacity ?? defaultHeadCacheCapacity)
+
+    // One attempt: the timeout is a plain timer aborting the SDK call, which costs a fraction of
+    // a fiber race on every request (appends are latency-sensitive).
+    const attempt = <A>(
+      operation: string,
+      streamId: string | undefined,
+      send: (signal: AbortSignal) => Promise<A>
+    ): Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable> =>
+      Effect.async<Either.Either<A, Rejection>, EventStoreUnavailable>((resume) => {
+        const controller = new AbortController()
+        let timedOut = false
+        const timer = setTimeout(() => {
+          timedOut = true
+          controller.abort()
+        }, timeoutMillis)
+        const settle = (outcome: Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable>) => {
+          clearTimeout(timer)
+          resume(outcome)
+        }
+        let sent: Promise<A>
+        try {
+          sent = send(controller.signal)
+        } catch (cause) {
+          sent = Promise.reject(cause)
+        }
+        sent.then(
+          (value) => settle(Effect.succeed(Either.right(value))),
+          (cause: unknown) => {
+            if (timedOut) {
+              return settle(Effect.fail(
+                new EventStoreUnavailable({
+                  operation,
+                  streamId,
+                  code: "Timeout",
+                  reason: `no answer within ${Duration.format(timeout)}`
+                })
+              ))
+            }
+            const error = classify(cause)
+            settle(
+              error.transient
+                ? Effect.fail(
+                  new EventStoreUnavailable({ operation, streamId, code: codeOf(error), reason: error.message })
+                )
+                : Effect.succeed(Either.left(error))
+            )
+          }
+        )
+        return Effect.sync(() => {
+          clearTimeout(timer)
+          controller.abort()
+        })
+      })
+
+    // Attempts under the retry schedule. The schedule is only started after a first failure, so
+    // the common case pays for nothing but the attempt; the semantics are those of `Effect.retry`.
+    const request = <A>(
+      operation: string,
+      streamId: string | undefined,
+      send: (signal: AbortSignal) => Promise<A>
+    ): Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable> => {
+      const once = attempt(operation, streamId, send)
+      const logged = (error: EventStoreUnavailable) =>
+        Effect.logDebug("Transient event store failure", error.message).pipe(Effect.as(error))
+      return once.pipe(
+        Effect.catchAll((first) =>
+          Effect.flatMap(Schedule.driver(schedule), (driver) => {
+            const retry = (error: EventStoreUnavailable): Effect.Effect<
+              Either.Either<A, Rejection>,
+              EventStoreUnavailable
+            > =>
+              logged(error).pipe(
+                Effect.flatMap((error) => driver.next(error)),
+                Effect.matchEffect({
+                  onFailure: () => Effect.fail(error),
+                  onSuccess: () => Effect.catchAll(once, retry)
+                })
+              )
+            return retry(first)
+          })
+        )
+      )
+    }
+
+    const orFail = <A>(operation: string, streamId: string | undefined) =>
+    (
+      answer: Either.Either<A, Rejection>
+    ): Effect.Effect<A, EventStoreFailure> =>
+      Either.match(answer, {
+        onLeft: (rejection) => Effect.fail(toFailure(operation, streamId, rejection)),
+        onRight: Effect.succeed
+      })
+
+    const query = (
+      operation: string,
+      streamId: string,
+      filter: string,
+      select: ReadonlyArray<string>
+    ): Effect.Effect<Array<Layout.StoredRow>, EventStoreUnavailable | EventStoreFailure> =>
+      request(operation, streamId, async (signal) => {
+        const rows: Array<Layout.StoredRow> = []
+        const entities = client.listEntities<Record<string, unknown>>({
+          queryOptions: { filter, select: [...select] },
+          abortSignal: signal
+        })
+        for await (const entity of entities) rows.push(entity)
+        return rows
+      }).pipe(Effect.flatMap(orFail(operation, streamId)))
+
+    // The head row, or none for a stream that does not exist yet.
+    const getHead = (
+      operation: string,
+      streamId: string,
+      select: ReadonlyArray<string> | undefined
+    ): Effect.Effect<Option.Option<Layout.StoredRow>, EventStoreUnavailable | EventStoreFailure> =>
+      request(
+        operation,
+        streamId,
+        (signal): Promise<TableEntityResult<Record<string, unknown>>> =>
+          client.getEntity<Record<string, unknown>>(streamId, Layout.headRowKey, {
+            abortSignal: signal,
+            ...(select === undefined ? {} : { queryOptions: { select: [...select] } })
+          })
+      ).pipe(
+        Effect.flatMap(Either.match({
+          onLeft: (rejection) =>
+            isEntityMissing(rejection)
+              ? Effect.succeed(Option.none())
+              : Effect.fail(toFailure(operation, streamId, rejection)),
+          onRight: (row) => Effect.succeed(Option.some<Layout.StoredRow>(row))
+        }))
+      )
+
+    const decodeHead = (streamId: string, row: Layout.StoredRow): Effect.Effect<Layout.Head, DecodeError> =>
+      Layout.decodeHead(streamId, row).pipe(Effect.tap((head) => cache.remember(streamId, head)))
+
+    // The head's version and ETag, for an append. An unreadable head is a failure there: nothing
+    // can be appended safely on top of it.
+    const readVersion = (
+      streamId: string
+    ): Effect.Effect<Option.Option<Layout.Head>, EventStoreUnavailable | EventStoreFailure> =>
+      getHead("append", streamId, Layout.headVersionSelect).pipe(
+        Effect.flatMap(Effect.transposeMapOption((row) =>
+          decodeHead(streamId, row).pipe(
+            Effect.mapError((error) =>
+              new EventStoreFailure({ operation: "append", streamId, code: "DecodeError", reason: error.message })
+            )
+          )
+        ))
+      )
+
+    // Splits query results into events (in key order, i.e. version order) and the head row.
+    const decodeRows = (
+      streamId: string,
+      rows: ReadonlyArray<Layout.StoredRow>
+    ): Effect.Effect<{ events: Array<RecordedEvent>; head: Option.Option<Layout.Head> }, DecodeError> =>
+      Effect.gen(function*() {
+        const events: Array<RecordedEvent> = []
+        let head = Option.none<Layout.Head>()
+        for (const row of rows) {
+          const rowKey = row.rowKey ?? ""
+          if (Layout.isEventRowKey(rowKey)) events.push(yield* Layout.decodeEvent(streamId, row))
+          else if (rowKey === Layout.headRowKey) head = Option.some(yield* decodeHead(streamId, row))
+        }
+        return { events, head }
+      })
+
+    const rangeFilter = (streamId: string, from: number, to: number): string =>
+      to >= Layout.maxVersion
+        ? odata`PartitionKey eq ${streamId} and RowKey ge ${Layout.eventRowKey(from)}`
+        : odata`PartitionKey eq ${streamId} and RowKey ge ${Layout.eventRowKey(from)} and RowKey le ${
+          Layout.eventRowKey(to)
+        }`
+
+    const conflict = (streamId: string, expectedVersion: number, actualVersion: number) =>
+      new ConcurrencyConflict({ streamId, expectedVersion, actualVersion })
+
+    // The append was refused, or the head is not at the expected version. Either another writer
+    // got there first (a conflict), or an earlier attempt of this very append was committed
+    // although its answer was lost (a timeout, a reset): then the rows at the versions this append
+    // would take carry its event ids, and the append succeeds without writing twice.
+    const resolveRefusal = (
+      streamId: string,
+      expectedVersion: number,
+      events: ReadonlyArray<EventData>,
+      rows: ReadonlyArray<Layout.TableRow>,
+      knownHead: Option.Option<Layout.Head> | undefined
+    ): Effect.Effect<AppendResult, ConcurrencyConflict | EventStoreUnavailable | EventStoreFailure> =>
+      Effect.gen(function*() {
+        cache.forget(streamId)
+        const head = knownHead ?? (yield* readVersion(streamId))
+        const actualVersion = Option.match(head, { onNone: () => 0, onSome: (head) => head.version })
+        const last = expectedVersion + events.length
+        if (
+          events.length === 0 || !Number.isInteger(expectedVersion) || expectedVersion < 0 || actualVersion < last
+        ) {
+          return yield* Effect.fail(conflict(streamId, expectedVersion, actualVersion))
+        }
+        const stored = yield* query(
+          "append",
+          streamId,
+          rangeFilter(streamId, expectedVersion + 1, last),
+          Layout.eventIdSelect
+        )
+        const storedIds = stored.filter((row) => Layout.isEventRowKey(row.rowKey ?? "")).map((row) =>
+          row[Layout.column.eventId]
+        )
+        const isOwn = storedIds.length === events.length &&
+          events.every((event, index) => storedIds[index] === event.eventId)
+        if (!isOwn) return yield* Effect.fail(conflict(streamId, expectedVersion, actualVersion))
+        yield* Effect.annotateCurrentSpan("idempotentRetry", true)
+        return { streamId, version: last, events: recordedOf(streamId, expectedVersion, events, rows) }
+      })
+
+    // Nothing to write, but the caller still learns whether its version is current.
+    const appendNothing = (streamId: string, expectedVersion: number) =>
+      Effect.flatMap(readVersion(streamId), (head): Effect.Effect<AppendResult, AppendError> => {
+        const actualVersion = Option.match(head, { onNone: () => 0, onSome: (head) => head.version })
+        return actualVersion === expectedVersion
+          ? Effect.succeed({ streamId, version: actualVersion, events: [] })
+          : Effect.fail(conflict(streamId, expectedVersion, actualVersion))
+      })
+
+    const submit = (
+      streamId: string,
+      expectedVersion: number,
+      events: ReadonlyArray<EventData>,
+      encoded: EncodedAppend,
+      etag: string | undefined,
+      replace: boolean
+    ): Effect.Effect<AppendResult, AppendError> => {
+      // The head goes first: when it is the operation refused, the error names index 0. A new
+      // snapshot replaces the head (dropping the chunks of an older, longer one); without one,
+      // a merge updates the version and keeps the stored snapshot.
+      const actions: Array<TransactionAction> = [
+        etag === undefined
+          ? ["create", encoded.head]
+          : ["update", encoded.head, replace ? "Replace" : "Merge", { etag }]
+      ]
+      for (const row of encoded.events) actions.push(["create", row])
+      // Until the service answers, the outcome is unknown: the cached head may be stale.
+      cache.forget(streamId)
+      return Effect.flatMap(
+        request("append", streamId, (signal) => client.submitTransaction(actions, { abortSignal: signal })),
+        (answer): Effect.Effect<AppendResult, AppendError> => {
+          if (Either.isLeft(answer)) {
+            return isConcurrencyRejection(answer.left)
+              ? resolveRefusal(streamId, expectedVersion, events, encoded.events, undefined)
+              : Effect.fail(toFailure("append", streamId, answer.left))
+          }
+          const version = expectedVersion + events.length
+          const headEtag = answer.right.subResponses[0]?.etag
+          if (headEtag !== undefined) cache.remember(streamId, { version, etag: headEtag })
+          return Effect.succeed({
+            streamId,
+            version,
+            events: recordedOf(streamId, expectedVersion, events, encoded.events)
+          })
+        }
+      )
+    }
+
+    // Written with plain control flow rather than a generator: this is the hot path, and an
+    // append with a warm cache is one request and little else.
+    const append: EventStoreService["append"] = (streamId, expectedVersion, events, options) =>
+      Effect.suspend((): Effect.Effect<AppendResult, AppendError> => {
+        const valid = StreamId.validate(streamId)
+        if (Either.isLeft(valid)) return Effect.fail(valid.left)
+        const encoded = encodeAppend(streamId, expectedVersion, events, options?.snapshot)
+        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+        if (events.length === 0) return appendNothing(streamId, expectedVersion)
+        const replace = options?.snapshot !== undefined
+        if (expectedVersion === 0) return submit(streamId, 0, events, encoded.right, undefined, replace)
+        const cached = cache.get(streamId)
+        if (cached !== undefined && cached.version === expectedVersion) {
+          return submit(streamId, expectedVersion, events, encoded.right, cached.etag, replace)
+        }
+        // The head's ETag is not known at this version: read it first.
+        return Effect.flatMap(readVersion(streamId), (head) =>
+          Option.isSome(head) && head.value.version === expectedVersion
+            ? submit(streamId, expectedVersion, events, encoded.right, head.value.etag, replace)
+            : resolveRefusal(streamId, expectedVersion, events, encoded.right.events, head))
+      }).pipe(
+        Effect.withSpan("AzureTableEventStore.append", {
+          // A stack trace per call costs more than the rest of the adapter's work, and would only
+          // point here.
+          captureStackTrace: false,
+          attributes: {
+            streamId,
+            expectedVersion,
+            eventCount: events.length,
+            snapshot: options?.snapshot !== undefined
+          }
+        })
+      )
+
+    const read: EventStoreService["read"] = (streamId, options) =>
+      Effect.gen(function*() {
+        yield* StreamId.check(streamId)
+        const range = rangeOf(options)
+        if (Option.isNone(range)) {
+          return []
+        }
+        const { from, to } = range.value
+        // Open-ended, the range also meets the head row (it sorts last) and refreshes the cache.
+        const rows = yield* query("read", streamId, rangeFilter(streamId, from, to), Layout.eventSelect)
+        const { events } = yield* decodeRows(streamId, rows)
+        return events
+      }).pipe(
+        Effect.withSpan("AzureTableEventStore.read", {
+          captureStackTrace: false,
+          attributes: { streamId, fromVersion: options?.fromVersion, toVersion: options?.toVersion }
+        })
+      )
+
+    const load: EventStoreService["load"] = (streamId, options) =>
+      Effect.gen(function*() {
+        yield* StreamId.check(streamId)
+        const snapshotSchemaVersion = options?.snapshotSchemaVersion
+        if (snapshotSchemaVersion === undefined) {
+          // One query over the whole partition: every event, then the head.
+          const rows = yield* query("load", streamId, odata`PartitionKey eq ${streamId}`, Layout.eventSelect)
+          const { events } = yield* decodeRows(streamId, rows)
+          return {
+            streamId,
+            version: events.length === 0 ? 0 : events[events.length - 1].version,
+            snapshot: Option.none(),
+            events
+          }
+        }
+        // One point read of the head (with its snapshot), then the events after the snapshot up
+        // to the head's version, if there are any.
+        const row = yield* getHead("load", streamId, undefined)
+        if (Option.isNone(row)) {
+          const empty: LoadedStream = { streamId, version: 0, snapshot: Option.none(), events: [] }
+          return empty
+        }
+        const head = yield* decodeHead(streamId, row.value)
+        const snapshot = yield* Layout.decodeSnapshot(streamId, row.value, snapshotSchemaVersion)
+        const from = Option.match(snapshot, {
+          onNone: () =>
+            1,
+          onSome: (snapshot) =>
+            snapshot.version + 1
+        })
+        if (from > head.version) return { streamId, version: head.version, snapshot, events: [] }
+        const rows = yield* query("load", streamId, rangeFilter(streamId, from, head.version), Layout.eventSelect)
+        const { events } = yield* decodeRows(streamId, rows)
+        return { streamId, version: head.version, snapshot, events }
+      }).pipe(
+        Effect.withSpan("AzureTableEventStore.load", {
+          captureStackTrace: false,
+          attributes: { streamId, snapshotSchemaVersion: options?.snapshotSchemaVersion }
+        })
+      )
+
+    if (options.createTable !== false) {
+      yield* request("createTable", undefined, (signal) => client.createTable({ abortSignal: signal })).pipe(
+        Effect.flatMap(Either.match({
+          onLeft: (rejection) =>
+            // Created meanwhile by another process: fine.
+            rejection.status === 409 ? Effect.void : Effect.fail(toFailure("createTable", undefined, rejection)),
+          onRight: () => Effect.void
+        })),
+        Effect.withSpan("AzureTableEventStore.createTable", { attributes: { table: client.tableName } })
+      )
+    }
+
+    const service: EventStoreService = { read, load, append }
+    return service
+  })
+
+export const make = (
+  options: Api.Options
+): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
+  Effect.flatMap(makeClient(options), (client) => fromClient(client, options))
