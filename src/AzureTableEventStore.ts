@@ -41,7 +41,8 @@ export interface StoreOptions {
   readonly retry?: Schedule.Schedule<unknown, EventStoreUnavailable>
   /**
    * How long one attempt of one operation may take (a point read, a whole query with its pages,
-   * or one batch) before it counts as a transient failure. 30 seconds by default.
+   * or one batch) before it counts as a transient failure and its request is cancelled.
+   * 30 seconds by default.
    */
   readonly timeout?: Duration.DurationInput
   /**

@@ -10,6 +10,8 @@
  *   version exactly one wins, the others fail with `ConcurrencyConflict`.
  * - Versions are contiguous, starting at 1; `read` returns events in version order.
  * - Limits are checked before writing: `InvalidStreamId`, `AppendTooLarge`, `EventTooLarge`.
+ * - Repeating an append that was stored (same expected version, same event ids in the same order)
+ *   succeeds without writing again, so retrying an append whose outcome was unknown is safe.
  *
  * @since 0.1.0
  */

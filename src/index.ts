@@ -33,6 +33,13 @@ export * as Aggregate from "./Aggregate.js"
 export * as EventStore from "./EventStore.js"
 
 /**
+ * The event store on Azure Table Storage: layers, configuration and the default retry policy.
+ *
+ * @since 0.1.0
+ */
+export * as AzureTableEventStore from "./AzureTableEventStore.js"
+
+/**
  * The typed failures of event stores.
  *
  * @since 0.1.0

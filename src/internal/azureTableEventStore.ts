@@ -93,6 +93,19 @@ const clientOptions = (allowInsecureConnection: boolean): TableServiceClientOpti
   retryOptions: { maxRetries: 0 }
 })
 
+const timeoutOf = (options: Api.StoreOptions): Duration.Duration => Duration.decode(options.timeout ?? defaultTimeout)
+
+type PipelinePolicy = Parameters<TableClient["pipeline"]["addPolicy"]>[0]
+
+// Every request of a client built here carries the timeout; the SDK's HTTP client aborts it.
+const timeoutPolicy = (timeoutMillis: number): PipelinePolicy => ({
+  name: "effectEventuallyTimeout",
+  sendRequest: (request, next) => {
+    request.timeout = timeoutMillis
+    return next(request)
+  }
+})
+
 const configurationFailure = (reason: string) => new EventStoreFailure({ operation: "configure", reason })
 
 export const makeClient = (options: Api.Options): Effect.Effect<TableClient, EventStoreFailure> =>
@@ -147,6 +160,10 @@ interface Rejection {
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null
+
+type SignalOptions = { readonly abortSignal?: AbortSignal }
+
+const isAbortError = (cause: unknown): boolean => isRecord(cause) && cause.name === "AbortError"
 
 // Azurite and some SDK paths put the service's error code in `details` or only in the header.
 const errorCode = (error: Record<string, unknown>): string | undefined => {
@@ -256,12 +273,13 @@ class HeadCache {
   }
 }
 
-// What a read would return for the events just written: the same values, through JSON.
+// The events just written, as recorded. Their data and metadata are the caller's values, which
+// are JSON values by contract, so a later read returns equal ones; parsing back the JSON just
+// written would cost more than the rest of the adapter's work on an append.
 const recordedOf = (
   streamId: string,
   expectedVersion: number,
-  events: ReadonlyArray<EventData>,
-  rows: ReadonlyArray<Layout.TableRow>
+  events: ReadonlyArray<EventData>
 ): Array<RecordedEvent> =>
   events.map((event, index) => ({
     streamId,
@@ -269,8 +287,8 @@ const recordedOf = (
     eventId: event.eventId,
     type: event.type,
     schemaVersion: event.schemaVersion,
-    data: JSON.parse(Layout.joinChunks(rows[index], Layout.column.data) ?? "null"),
-    metadata: JSON.parse(Layout.joinChunks(rows[index], Layout.column.metadata) ?? "null")
+    data: event.data,
+    metadata: event.metadata
   }))
 
 const rangeOf = (options: ReadOptions | undefined): Option.Option<{ readonly from: number; readonly to: number }> => {
@@ -282,95 +300,128 @@ const rangeOf = (options: ReadOptions | undefined): Option.Option<{ readonly fro
 export const fromClient = (
   client: TableClient,
   options: Api.StoreOptions = {}
+): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> => makeService(client, options, false)
+
+const makeService = (
+  client: TableClient,
+  options: Api.StoreOptions,
+  pipelineTimeout: boolean
 ): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
   Effect.gen(function*() {
-    const timeout = Duration.decode(options.timeout ?? defaultTimeout)
+    const timeout = timeoutOf(options)
     const timeoutMillis = Duration.toMillis(timeout)
     const schedule = options.retry ?? defaultRetrySchedule
     const cache = new HeadCache(options.headCacheCapacity ?? defaultHeadCacheCapacity)
 
-    // One attempt: the timeout is a plain timer aborting the SDK call, which costs a fraction of
-    // a fiber race on every request (appends are latency-sensitive).
+    const timeoutError = (operation: string, streamId: string | undefined) =>
+      new EventStoreUnavailable({
+        operation,
+        streamId,
+        code: "Timeout",
+        reason: `no answer within ${Duration.format(timeout)}`
+      })
+
+    type Outcome<A> = Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable>
+
+    // A failed attempt: a definite answer becomes a value; a transient failure goes to `retry`.
+    const failed = <A>(
+      operation: string,
+      streamId: string | undefined,
+      timedOut: boolean,
+      cause: unknown,
+      retry: (error: EventStoreUnavailable) => Outcome<A>
+    ): Outcome<A> => {
+      if (timedOut) return retry(timeoutError(operation, streamId))
+      const error = classify(cause)
+      return error.transient
+        ? retry(new EventStoreUnavailable({ operation, streamId, code: codeOf(error), reason: error.message }))
+        : Effect.succeed(Either.left(error))
+    }
+
+    const sendSafely = <A>(send: (options: SignalOptions) => Promise<A>, options: SignalOptions): Promise<A> => {
+      try {
+        return send(options)
+      } catch (cause) {
+        return Promise.reject(cause)
+      }
+    }
+
+    // One attempt. On a client this module built, the HTTP pipeline enforces the timeout while
+    // the request waits for an answer (see `timeoutPolicy`), and a timer here covers the rest (a
+    // body that stalls): the request needs no abort signal and the effect no canceller, which keeps
+    // the common path lean (appends are latency-sensitive). An interrupted attempt then ends on its
+    // own within the timeout, its answer dropped. On a caller's client, a timer aborts the request
+    // through a signal, and interruption aborts it too.
     const attempt = <A>(
       operation: string,
       streamId: string | undefined,
-      send: (signal: AbortSignal) => Promise<A>
-    ): Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable> =>
-      Effect.async<Either.Either<A, Rejection>, EventStoreUnavailable>((resume) => {
-        const controller = new AbortController()
-        let timedOut = false
-        const timer = setTimeout(() => {
-          timedOut = true
-          controller.abort()
-        }, timeoutMillis)
-        const settle = (outcome: Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable>) => {
-          clearTimeout(timer)
-          resume(outcome)
-        }
-        let sent: Promise<A>
-        try {
-          sent = send(controller.signal)
-        } catch (cause) {
-          sent = Promise.reject(cause)
-        }
-        sent.then(
-          (value) => settle(Effect.succeed(Either.right(value))),
-          (cause: unknown) => {
-            if (timedOut) {
-              return settle(Effect.fail(
-                new EventStoreUnavailable({
-                  operation,
-                  streamId,
-                  code: "Timeout",
-                  reason: `no answer within ${Duration.format(timeout)}`
-                })
-              ))
+      send: (options: SignalOptions) => Promise<A>,
+      retry: (error: EventStoreUnavailable) => Outcome<A>
+    ): Outcome<A> =>
+      pipelineTimeout
+        ? Effect.async<Either.Either<A, Rejection>, EventStoreUnavailable>((resume) => {
+          let done = false
+          const timer = setTimeout(() => {
+            done = true
+            resume(retry(timeoutError(operation, streamId)))
+          }, timeoutMillis)
+          timer.unref()
+          sendSafely(send, {}).then(
+            (value) => {
+              if (done) return
+              clearTimeout(timer)
+              resume(Effect.succeed(Either.right(value)))
+            },
+            (cause: unknown) => {
+              if (done) return
+              clearTimeout(timer)
+              resume(failed(operation, streamId, isAbortError(cause), cause, retry))
             }
-            const error = classify(cause)
-            settle(
-              error.transient
-                ? Effect.fail(
-                  new EventStoreUnavailable({ operation, streamId, code: codeOf(error), reason: error.message })
-                )
-                : Effect.succeed(Either.left(error))
-            )
-          }
-        )
-        return Effect.sync(() => {
-          clearTimeout(timer)
-          controller.abort()
+          )
         })
-      })
+        : Effect.async<Either.Either<A, Rejection>, EventStoreUnavailable>((resume) => {
+          const controller = new AbortController()
+          let timedOut = false
+          const timer = setTimeout(() => {
+            timedOut = true
+            controller.abort()
+          }, timeoutMillis)
+          sendSafely(send, { abortSignal: controller.signal }).then(
+            (value) => {
+              clearTimeout(timer)
+              resume(Effect.succeed(Either.right(value)))
+            },
+            (cause: unknown) => {
+              clearTimeout(timer)
+              resume(failed(operation, streamId, timedOut, cause, retry))
+            }
+          )
+          return Effect.sync(() => {
+            clearTimeout(timer)
+            controller.abort()
+          })
+        })
 
-    // Attempts under the retry schedule. The schedule is only started after a first failure, so
-    // the common case pays for nothing but the attempt; the semantics are those of `Effect.retry`.
+    // Attempts under the retry schedule, with the semantics of `Effect.retry`. The schedule is
+    // only started on a first transient failure, from inside the failed attempt, so an attempt
+    // that succeeds pays for nothing more.
     const request = <A>(
       operation: string,
       streamId: string | undefined,
-      send: (signal: AbortSignal) => Promise<A>
-    ): Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable> => {
-      const once = attempt(operation, streamId, send)
-      const logged = (error: EventStoreUnavailable) =>
-        Effect.logDebug("Transient event store failure", error.message).pipe(Effect.as(error))
-      return once.pipe(
-        Effect.catchAll((first) =>
-          Effect.flatMap(Schedule.driver(schedule), (driver) => {
-            const retry = (error: EventStoreUnavailable): Effect.Effect<
-              Either.Either<A, Rejection>,
-              EventStoreUnavailable
-            > =>
-              logged(error).pipe(
-                Effect.flatMap((error) => driver.next(error)),
-                Effect.matchEffect({
-                  onFailure: () => Effect.fail(error),
-                  onSuccess: () => Effect.catchAll(once, retry)
-                })
-              )
-            return retry(first)
-          })
-        )
-      )
-    }
+      send: (options: SignalOptions) => Promise<A>
+    ): Outcome<A> =>
+      attempt(operation, streamId, send, (first) =>
+        Effect.flatMap(Schedule.driver(schedule), (driver) => {
+          const retry = (error: EventStoreUnavailable): Outcome<A> =>
+            Effect.logDebug("Transient event store failure", error.message).pipe(
+              Effect.zipRight(driver.next(error)),
+              Effect.matchEffect({
+                onFailure: () => Effect.fail(error),
+                onSuccess: () => attempt(operation, streamId, send, retry)
+              })
+            )
+          return retry(first)
+        }))
 
     const orFail = <A>(operation: string, streamId: string | undefined) =>
     (
@@ -387,11 +438,11 @@ export const fromClient = (
       filter: string,
       select: ReadonlyArray<string>
     ): Effect.Effect<Array<Layout.StoredRow>, EventStoreUnavailable | EventStoreFailure> =>
-      request(operation, streamId, async (signal) => {
+      request(operation, streamId, async (signalOptions) => {
         const rows: Array<Layout.StoredRow> = []
         const entities = client.listEntities<Record<string, unknown>>({
-          queryOptions: { filter, select: [...select] },
-          abortSignal: signal
+          ...signalOptions,
+          queryOptions: { filter, select: [...select] }
         })
         for await (const entity of entities) rows.push(entity)
         return rows
@@ -406,9 +457,9 @@ export const fromClient = (
       request(
         operation,
         streamId,
-        (signal): Promise<TableEntityResult<Record<string, unknown>>> =>
+        (signalOptions): Promise<TableEntityResult<Record<string, unknown>>> =>
           client.getEntity<Record<string, unknown>>(streamId, Layout.headRowKey, {
-            abortSignal: signal,
+            ...signalOptions,
             ...(select === undefined ? {} : { queryOptions: { select: [...select] } })
           })
       ).pipe(
@@ -439,20 +490,20 @@ export const fromClient = (
         ))
       )
 
-    // Splits query results into events (in key order, i.e. version order) and the head row.
+    // The events of query results, in key order (version order). A head row among them refreshes
+    // the cache; other stream-level rows are skipped.
     const decodeRows = (
       streamId: string,
       rows: ReadonlyArray<Layout.StoredRow>
-    ): Effect.Effect<{ events: Array<RecordedEvent>; head: Option.Option<Layout.Head> }, DecodeError> =>
+    ): Effect.Effect<Array<RecordedEvent>, DecodeError> =>
       Effect.gen(function*() {
         const events: Array<RecordedEvent> = []
-        let head = Option.none<Layout.Head>()
         for (const row of rows) {
           const rowKey = row.rowKey ?? ""
           if (Layout.isEventRowKey(rowKey)) events.push(yield* Layout.decodeEvent(streamId, row))
-          else if (rowKey === Layout.headRowKey) head = Option.some(yield* decodeHead(streamId, row))
+          else if (rowKey === Layout.headRowKey) yield* decodeHead(streamId, row)
         }
-        return { events, head }
+        return events
       })
 
     const rangeFilter = (streamId: string, from: number, to: number): string =>
@@ -473,7 +524,6 @@ export const fromClient = (
       streamId: string,
       expectedVersion: number,
       events: ReadonlyArray<EventData>,
-      rows: ReadonlyArray<Layout.TableRow>,
       knownHead: Option.Option<Layout.Head> | undefined
     ): Effect.Effect<AppendResult, ConcurrencyConflict | EventStoreUnavailable | EventStoreFailure> =>
       Effect.gen(function*() {
@@ -499,7 +549,7 @@ export const fromClient = (
           events.every((event, index) => storedIds[index] === event.eventId)
         if (!isOwn) return yield* Effect.fail(conflict(streamId, expectedVersion, actualVersion))
         yield* Effect.annotateCurrentSpan("idempotentRetry", true)
-        return { streamId, version: last, events: recordedOf(streamId, expectedVersion, events, rows) }
+        return { streamId, version: last, events: recordedOf(streamId, expectedVersion, events) }
       })
 
     // Nothing to write, but the caller still learns whether its version is current.
@@ -531,11 +581,11 @@ export const fromClient = (
       // Until the service answers, the outcome is unknown: the cached head may be stale.
       cache.forget(streamId)
       return Effect.flatMap(
-        request("append", streamId, (signal) => client.submitTransaction(actions, { abortSignal: signal })),
+        request("append", streamId, (signalOptions) => client.submitTransaction(actions, signalOptions)),
         (answer): Effect.Effect<AppendResult, AppendError> => {
           if (Either.isLeft(answer)) {
             return isConcurrencyRejection(answer.left)
-              ? resolveRefusal(streamId, expectedVersion, events, encoded.events, undefined)
+              ? resolveRefusal(streamId, expectedVersion, events, undefined)
               : Effect.fail(toFailure("append", streamId, answer.left))
           }
           const version = expectedVersion + events.length
@@ -544,7 +594,7 @@ export const fromClient = (
           return Effect.succeed({
             streamId,
             version,
-            events: recordedOf(streamId, expectedVersion, events, encoded.events)
+            events: recordedOf(streamId, expectedVersion, events)
           })
         }
       )
@@ -569,7 +619,7 @@ export const fromClient = (
         return Effect.flatMap(readVersion(streamId), (head) =>
           Option.isSome(head) && head.value.version === expectedVersion
             ? submit(streamId, expectedVersion, events, encoded.right, head.value.etag, replace)
-            : resolveRefusal(streamId, expectedVersion, events, encoded.right.events, head))
+            : resolveRefusal(streamId, expectedVersion, events, head))
       }).pipe(
         Effect.withSpan("AzureTableEventStore.append", {
           // A stack trace per call costs more than the rest of the adapter's work, and would only
@@ -594,7 +644,7 @@ export const fromClient = (
         const { from, to } = range.value
         // Open-ended, the range also meets the head row (it sorts last) and refreshes the cache.
         const rows = yield* query("read", streamId, rangeFilter(streamId, from, to), Layout.eventSelect)
-        const { events } = yield* decodeRows(streamId, rows)
+        const events = yield* decodeRows(streamId, rows)
         return events
       }).pipe(
         Effect.withSpan("AzureTableEventStore.read", {
@@ -610,7 +660,7 @@ export const fromClient = (
         if (snapshotSchemaVersion === undefined) {
           // One query over the whole partition: every event, then the head.
           const rows = yield* query("load", streamId, odata`PartitionKey eq ${streamId}`, Layout.eventSelect)
-          const { events } = yield* decodeRows(streamId, rows)
+          const events = yield* decodeRows(streamId, rows)
           return {
             streamId,
             version: events.length === 0 ? 0 : events[events.length - 1].version,
@@ -627,15 +677,12 @@ export const fromClient = (
         }
         const head = yield* decodeHead(streamId, row.value)
         const snapshot = yield* Layout.decodeSnapshot(streamId, row.value, snapshotSchemaVersion)
-        const from = Option.match(snapshot, {
-          onNone: () =>
-            1,
-          onSome: (snapshot) =>
-            snapshot.version + 1
-        })
-        if (from > head.version) return { streamId, version: head.version, snapshot, events: [] }
+        const from = Option.isSome(snapshot) ? snapshot.value.version + 1 : 1
+        if (from > head.version) {
+          return { streamId, version: head.version, snapshot, events: [] }
+        }
         const rows = yield* query("load", streamId, rangeFilter(streamId, from, head.version), Layout.eventSelect)
-        const { events } = yield* decodeRows(streamId, rows)
+        const events = yield* decodeRows(streamId, rows)
         return { streamId, version: head.version, snapshot, events }
       }).pipe(
         Effect.withSpan("AzureTableEventStore.load", {
@@ -645,15 +692,17 @@ export const fromClient = (
       )
 
     if (options.createTable !== false) {
-      yield* request("createTable", undefined, (signal) => client.createTable({ abortSignal: signal })).pipe(
-        Effect.flatMap(Either.match({
-          onLeft: (rejection) =>
-            // Created meanwhile by another process: fine.
-            rejection.status === 409 ? Effect.void : Effect.fail(toFailure("createTable", undefined, rejection)),
-          onRight: () => Effect.void
-        })),
-        Effect.withSpan("AzureTableEventStore.createTable", { attributes: { table: client.tableName } })
-      )
+      yield* request("createTable", undefined, (signalOptions) =>
+        client.createTable(signalOptions)).pipe(
+          Effect.flatMap(Either.match({
+            onLeft: (rejection) =>
+              // Created meanwhile by another process: fine.
+              rejection.status === 409 ? Effect.void : Effect.fail(toFailure("createTable", undefined, rejection)),
+            onRight: () =>
+              Effect.void
+          })),
+          Effect.withSpan("AzureTableEventStore.createTable", { attributes: { table: client.tableName } })
+        )
     }
 
     const service: EventStoreService = { read, load, append }
@@ -663,4 +712,7 @@ export const fromClient = (
 export const make = (
   options: Api.Options
 ): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
-  Effect.flatMap(makeClient(options), (client) => fromClient(client, options))
+  Effect.flatMap(makeClient(options), (client) => {
+    client.pipeline.addPolicy(timeoutPolicy(Duration.toMillis(timeoutOf(options))))
+    return makeService(client, options, true)
+  })

@@ -1,0 +1,4 @@
+import * as EventStore from "../src/EventStore.js"
+import { eventStoreSuite } from "./conformance/EventStoreSuite.js"
+
+eventStoreSuite("EventStore.layerMemory conformance", EventStore.layerMemory)
