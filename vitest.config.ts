@@ -9,6 +9,8 @@ export default defineConfig({
     // Two cores: more workers only add contention against the in-process servers.
     pool: "forks",
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
-    reporters: process.env.CI ? ["default"] : ["default"]
+    // In CI a JSON report is kept too, so .ci/run can print one closing summary line.
+    reporters: process.env.CI ? ["default", "json"] : ["default"],
+    outputFile: { json: ".tmp/vitest-report.json" }
   }
 })
