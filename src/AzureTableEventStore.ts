@@ -18,12 +18,13 @@
 import type { TableClient } from "@azure/data-tables"
 import type { TokenCredential } from "@azure/identity"
 import type { Duration, Redacted, Schedule } from "effect"
-import { Config, Effect, Layer } from "effect"
+import { Config, Context, Effect, Layer } from "effect"
 import type { ConfigError } from "effect/ConfigError"
 import type { EventStoreService } from "./EventStore.js"
 import { EventStore } from "./EventStore.js"
 import type { EventStoreFailure, EventStoreUnavailable } from "./EventStoreError.js"
 import * as internal from "./internal/azureTableEventStore.js"
+import { OutboxStore } from "./OutboxStore.js"
 
 /**
  * Options of a store built on a client, whoever created it.
@@ -50,6 +51,16 @@ export interface StoreOptions {
    * on the same stream skips reading the head first. 10,000 by default; 0 turns it off.
    */
   readonly headCacheCapacity?: number
+  /**
+   * The longest an append may take from its start to the start of its last attempt; later
+   * attempts are not made and the append fails with `EventStoreUnavailable` (code
+   * `AppendDeadlineExceeded`). With `timeout`, it bounds when an append can still commit, which
+   * the outbox's sweep relies on (its grace period must be longer than both together). 1 minute
+   * by default.
+   */
+  readonly maxAppendDuration?: Duration.DurationInput
+  /** The length of a bucket of the outbox's pending index; 1 minute by default. */
+  readonly pendingBucketSize?: Duration.DurationInput
 }
 
 /**
@@ -116,14 +127,40 @@ export const fromClient: (
   options?: StoreOptions
 ) => Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> = internal.fromClient
 
+const storesLayer = <E>(
+  stores: Effect.Effect<internal.Stores, E>
+): Layer.Layer<EventStore | OutboxStore, E> =>
+  Layer.effectContext(
+    Effect.map(
+      stores,
+      (stores) => Context.make(EventStore, stores.eventStore).pipe(Context.add(OutboxStore, stores.outboxStore))
+    )
+  )
+
 /**
- * A layer with an event store on Azure Table Storage.
+ * A layer with an event store on Azure Table Storage, and the `OutboxStore` over the same table
+ * (so `Outbox.layer` can run on it).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<EventStore, EventStoreFailure | EventStoreUnavailable> =>
-  Layer.effect(EventStore, make(options))
+export const layer = (
+  options: Options
+): Layer.Layer<EventStore | OutboxStore, EventStoreFailure | EventStoreUnavailable> =>
+  storesLayer(internal.makeStores(options))
+
+/**
+ * A layer with an event store and its `OutboxStore` on a client the caller owns (see
+ * {@link fromClient}).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerFromClient = (
+  client: TableClient,
+  options?: StoreOptions
+): Layer.Layer<EventStore | OutboxStore, EventStoreFailure | EventStoreUnavailable> =>
+  storesLayer(internal.storesFromClient(client, options))
 
 /**
  * A layer with an event store configured from `Config`: by default from the environment
@@ -134,5 +171,5 @@ export const layer = (options: Options): Layer.Layer<EventStore, EventStoreFailu
  */
 export const layerConfig = (
   options: Config.Config.Wrap<Options> = config
-): Layer.Layer<EventStore, ConfigError | EventStoreFailure | EventStoreUnavailable> =>
-  Layer.effect(EventStore, Effect.flatMap(Config.unwrap(options), make))
+): Layer.Layer<EventStore | OutboxStore, ConfigError | EventStoreFailure | EventStoreUnavailable> =>
+  storesLayer(Effect.flatMap(Config.unwrap(options), internal.makeStores))

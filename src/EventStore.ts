@@ -15,8 +15,8 @@
  *
  * @since 0.1.0
  */
-import type { Effect, Option } from "effect"
-import { Context, Layer } from "effect"
+import type { Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type {
   AppendTooLarge,
   ConcurrencyConflict,
@@ -27,6 +27,7 @@ import type {
   InvalidStreamId
 } from "./EventStoreError.js"
 import * as internalMemory from "./internal/memoryEventStore.js"
+import { OutboxStore } from "./OutboxStore.js"
 
 /**
  * Metadata stored with every event.
@@ -227,9 +228,15 @@ export const limits = {
 export const makeMemory: Effect.Effect<EventStoreService> = internalMemory.make
 
 /**
- * A layer with an empty in-memory event store.
+ * A layer with an empty in-memory event store, and the `OutboxStore` over the same streams (so
+ * `Outbox.layer` can run on it).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory: Layer.Layer<EventStore> = Layer.effect(EventStore, makeMemory)
+export const layerMemory: Layer.Layer<EventStore | OutboxStore> = Layer.effectContext(
+  Effect.map(
+    internalMemory.makeStores,
+    (stores) => Context.make(EventStore, stores.eventStore).pipe(Context.add(OutboxStore, stores.outboxStore))
+  )
+)

@@ -52,3 +52,59 @@ export * as EventStoreError from "./EventStoreError.js"
  * @since 0.1.0
  */
 export * as StreamId from "./StreamId.js"
+
+/**
+ * The outbox: forwards committed events to Service Bus, at least once, in order per stream.
+ *
+ * @since 0.1.0
+ */
+export * as Outbox from "./Outbox.js"
+
+/**
+ * The port the outbox reads and writes: commits, dispatched positions and the pending index.
+ *
+ * @since 0.1.0
+ */
+export * as OutboxStore from "./OutboxStore.js"
+
+/**
+ * Outgoing and received messages, body codecs and deterministic message ids.
+ *
+ * @since 0.1.0
+ */
+export * as Message from "./Message.js"
+
+/**
+ * The message receiver port: peek-lock deliveries, settlements, lock renewal; memory and Service Bus.
+ *
+ * @since 0.1.0
+ */
+export * as MessageReceiver from "./MessageReceiver.js"
+
+/**
+ * The message sender port: atomic batch sends; memory broker and Service Bus.
+ *
+ * @since 0.1.0
+ */
+export * as MessageSender from "./MessageSender.js"
+
+/**
+ * The Azure Service Bus client as a scoped resource, its configuration and retry policy.
+ *
+ * @since 0.1.0
+ */
+export * as ServiceBusClient from "./ServiceBusClient.js"
+
+/**
+ * The typed failures of messaging, and which are transient.
+ *
+ * @since 0.1.0
+ */
+export * as ServiceBusError from "./ServiceBusError.js"
+
+/**
+ * AMQP 1.0 transactions on Service Bus: complete received messages and send new ones atomically.
+ *
+ * @since 0.1.0
+ */
+export * as ServiceBusTransaction from "./ServiceBusTransaction.js"

@@ -1,6 +1,7 @@
 import type { TableEntityResult, TableServiceClientOptions, TransactionAction } from "@azure/data-tables"
 import { odata, TableClient } from "@azure/data-tables"
-import { Config, ConfigError, Duration, Effect, Either, Option, Redacted, Schedule } from "effect"
+import type { Scope } from "effect"
+import { Config, ConfigError, Duration, Effect, Either, Option, Queue, Redacted, Schedule } from "effect"
 import type * as Api from "../AzureTableEventStore.js"
 import type {
   AppendError,
@@ -13,7 +14,8 @@ import type {
 } from "../EventStore.js"
 import type { DecodeError } from "../EventStoreError.js"
 import { ConcurrencyConflict, EventStoreFailure, EventStoreUnavailable } from "../EventStoreError.js"
-import * as StreamId from "../StreamId.js"
+import type { Committed, OutboxStoreService, PendingEntry, Progress } from "../OutboxStore.js"
+import { bucketOf, defaultBucketSize } from "../OutboxStore.js"
 import type { EncodedAppend } from "./eventLimits.js"
 import { encodeAppend } from "./eventLimits.js"
 import * as Layout from "./tableLayout.js"
@@ -23,6 +25,7 @@ import * as Layout from "./tableLayout.js"
 export const defaultTableName = "events"
 export const defaultTimeout: Duration.Duration = Duration.seconds(30)
 export const defaultHeadCacheCapacity = 10_000
+export const defaultMaxAppendDuration: Duration.Duration = Duration.minutes(1)
 
 export const defaultRetrySchedule: Schedule.Schedule<unknown, EventStoreUnavailable> = Schedule.exponential(
   "100 millis",
@@ -153,7 +156,7 @@ export const makeClient = (options: Api.Options): Effect.Effect<TableClient, Eve
 // classified once, transient ones retried under the schedule. Definite answers from the service
 // (404, 409, 412, 403, ...) are values, not errors, so each operation decides what they mean.
 
-interface Rejection {
+export interface Rejection {
   readonly status: number | undefined
   readonly code: string | undefined
   readonly message: string
@@ -214,7 +217,7 @@ const fromODataBody = (message: string): { readonly code?: string; readonly mess
   }
 }
 
-const classify = (cause: unknown): Rejection & { readonly transient: boolean } => {
+export const classify = (cause: unknown): Rejection & { readonly transient: boolean } => {
   const error = isRecord(cause) ? cause : {}
   const status = typeof error.statusCode === "number" ? error.statusCode : undefined
   const body = fromODataBody(typeof error.message === "string" ? error.message : String(cause))
@@ -226,7 +229,7 @@ const classify = (cause: unknown): Rejection & { readonly transient: boolean } =
   return { transient, status, code, message }
 }
 
-const codeOf = (rejection: Pick<Rejection, "status" | "code">): string | undefined =>
+export const codeOf = (rejection: Pick<Rejection, "status" | "code">): string | undefined =>
   rejection.code ?? (rejection.status === undefined ? undefined : String(rejection.status))
 
 const toFailure = (operation: string, streamId: string | undefined, rejection: Rejection) =>
@@ -235,7 +238,7 @@ const toFailure = (operation: string, streamId: string | undefined, rejection: R
 const isTableMissing = (rejection: Rejection): boolean => rejection.code === "TableNotFound"
 
 // A 404 that is not about the table is about the entity.
-const isEntityMissing = (rejection: Rejection): boolean => rejection.status === 404 && !isTableMissing(rejection)
+export const isEntityMissing = (rejection: Rejection): boolean => rejection.status === 404 && !isTableMissing(rejection)
 
 // What an append's batch answers when the head is not where the ETag or the insert expected it.
 const isConcurrencyRejection = (rejection: Rejection): boolean =>
@@ -297,21 +300,65 @@ const rangeOf = (options: ReadOptions | undefined): Option.Option<{ readonly fro
   return Number.isNaN(from) || Number.isNaN(to) || to < from ? Option.none() : Option.some({ from, to })
 }
 
+// The streams this store has put in the pending index, with the bucket: an append in the same
+// bucket skips the index write. Bounded like the head cache; forgetting only costs a write.
+class IndexedCache {
+  private readonly buckets = new Map<string, number>()
+  constructor(private readonly capacity: number) {}
+  has(streamId: string, bucket: number): boolean {
+    return this.buckets.get(streamId) === bucket
+  }
+  remember(streamId: string, bucket: number): void {
+    if (this.capacity <= 0) return
+    this.buckets.delete(streamId)
+    this.buckets.set(streamId, bucket)
+    if (this.buckets.size > this.capacity) {
+      const oldest = this.buckets.keys().next()
+      if (oldest.done !== true) this.buckets.delete(oldest.value)
+    }
+  }
+}
+
+const deadlineCode = "AppendDeadlineExceeded"
+
+const lastInstant = Date.UTC(9999, 11, 31, 23, 59, 59, 999)
+
+export interface Stores {
+  readonly eventStore: EventStoreService
+  readonly outboxStore: OutboxStoreService
+}
+
 export const fromClient = (
   client: TableClient,
   options: Api.StoreOptions = {}
-): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> => makeService(client, options, false)
+): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
+  Effect.map(makeService(client, options, false), (stores) => stores.eventStore)
+
+export const storesFromClient = (
+  client: TableClient,
+  options: Api.StoreOptions = {}
+): Effect.Effect<Stores, EventStoreFailure | EventStoreUnavailable> => makeService(client, options, false)
 
 const makeService = (
   client: TableClient,
   options: Api.StoreOptions,
   pipelineTimeout: boolean
-): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
+): Effect.Effect<Stores, EventStoreFailure | EventStoreUnavailable> =>
   Effect.gen(function*() {
     const timeout = timeoutOf(options)
     const timeoutMillis = Duration.toMillis(timeout)
     const schedule = options.retry ?? defaultRetrySchedule
     const cache = new HeadCache(options.headCacheCapacity ?? defaultHeadCacheCapacity)
+    const indexed = new IndexedCache(options.headCacheCapacity ?? defaultHeadCacheCapacity)
+    const bucketSize = Duration.decode(options.pendingBucketSize ?? defaultBucketSize)
+    const bucketMillis = Duration.toMillis(bucketSize)
+    const maxAppendDuration = Duration.decode(options.maxAppendDuration ?? defaultMaxAppendDuration)
+    const maxAppendMillis = Duration.toMillis(maxAppendDuration)
+    const clock = yield* Effect.clock
+    const subscribers = new Set<Queue.Queue<Committed>>()
+    const notify = (committed: Committed): void => {
+      for (const queue of subscribers) queue.unsafeOffer(committed)
+    }
 
     const timeoutError = (operation: string, streamId: string | undefined) =>
       new EventStoreUnavailable({
@@ -567,7 +614,8 @@ const makeService = (
       events: ReadonlyArray<EventData>,
       encoded: EncodedAppend,
       etag: string | undefined,
-      replace: boolean
+      replace: boolean,
+      deadline: number
     ): Effect.Effect<AppendResult, AppendError> => {
       // The head goes first: when it is the operation refused, the error names index 0. A new
       // snapshot replaces the head (dropping the chunks of an older, longer one); without one,
@@ -581,16 +629,32 @@ const makeService = (
       // Until the service answers, the outcome is unknown: the cached head may be stale.
       cache.forget(streamId)
       return Effect.flatMap(
-        request("append", streamId, (signalOptions) => client.submitTransaction(actions, signalOptions)),
+        // No attempt starts after the deadline: the outbox's sweep counts on every append having
+        // made its last write within `appendWindow` of its start (see the pending index).
+        request("append", streamId, (signalOptions) =>
+          clock.unsafeCurrentTimeMillis() > deadline
+            ? Promise.reject({ code: deadlineCode, message: "the append's deadline passed" })
+            : client.submitTransaction(actions, signalOptions)),
         (answer): Effect.Effect<AppendResult, AppendError> => {
           if (Either.isLeft(answer)) {
+            if (answer.left.code === deadlineCode) {
+              return Effect.fail(
+                new EventStoreUnavailable({
+                  operation: "append",
+                  streamId,
+                  code: deadlineCode,
+                  reason: `not committed within ${Duration.format(maxAppendDuration)} (maxAppendDuration)`
+                })
+              )
+            }
             return isConcurrencyRejection(answer.left)
-              ? resolveRefusal(streamId, expectedVersion, events, undefined)
+              ? Effect.tap(resolveRefusal(streamId, expectedVersion, events, undefined), notifyResult)
               : Effect.fail(toFailure("append", streamId, answer.left))
           }
           const version = expectedVersion + events.length
           const headEtag = answer.right.subResponses[0]?.etag
           if (headEtag !== undefined) cache.remember(streamId, { version, etag: headEtag })
+          notify({ streamId, version })
           return Effect.succeed({
             streamId,
             version,
@@ -600,26 +664,72 @@ const makeService = (
       )
     }
 
+    const notifyResult = (result: AppendResult): void => {
+      if (result.events.length > 0) notify({ streamId: result.streamId, version: result.version })
+    }
+
+    // The pending index entry of this stream in this bucket, written before the append's batch so
+    // that a crash right after the commit still leaves the stream findable by the sweep.
+    const indexPending = (
+      streamId: string,
+      bucket: number
+    ): Effect.Effect<void, EventStoreUnavailable | EventStoreFailure> =>
+      request(
+        "append",
+        streamId,
+        (signalOptions) =>
+          client.upsertEntity(
+            { partitionKey: Layout.pendingPartition(bucket), rowKey: streamId },
+            "Replace",
+            signalOptions
+          )
+      ).pipe(
+        Effect.flatMap(Either.match({
+          onLeft: (rejection) => Effect.fail(toFailure("append", streamId, rejection)),
+          onRight: () => Effect.sync(() => indexed.remember(streamId, bucket))
+        }))
+      )
+
+    const appendIndexed = (
+      streamId: string,
+      expectedVersion: number,
+      events: ReadonlyArray<EventData>,
+      encoded: EncodedAppend,
+      replace: boolean,
+      deadline: number
+    ): Effect.Effect<AppendResult, AppendError> => {
+      if (expectedVersion === 0) return submit(streamId, 0, events, encoded, undefined, replace, deadline)
+      const cached = cache.get(streamId)
+      if (cached !== undefined && cached.version === expectedVersion) {
+        return submit(streamId, expectedVersion, events, encoded, cached.etag, replace, deadline)
+      }
+      // The head's ETag is not known at this version: read it first.
+      return Effect.flatMap(readVersion(streamId), (head) =>
+        Option.isSome(head) && head.value.version === expectedVersion
+          ? submit(streamId, expectedVersion, events, encoded, head.value.etag, replace, deadline)
+          : Effect.tap(resolveRefusal(streamId, expectedVersion, events, head), notifyResult))
+    }
+
     // Written with plain control flow rather than a generator: this is the hot path, and an
     // append with a warm cache is one request and little else.
     const append: EventStoreService["append"] = (streamId, expectedVersion, events, options) =>
       Effect.suspend((): Effect.Effect<AppendResult, AppendError> => {
-        const valid = StreamId.validate(streamId)
+        const valid = Layout.validateStreamId(streamId)
         if (Either.isLeft(valid)) return Effect.fail(valid.left)
         const encoded = encodeAppend(streamId, expectedVersion, events, options?.snapshot)
         if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
         if (events.length === 0) return appendNothing(streamId, expectedVersion)
         const replace = options?.snapshot !== undefined
-        if (expectedVersion === 0) return submit(streamId, 0, events, encoded.right, undefined, replace)
-        const cached = cache.get(streamId)
-        if (cached !== undefined && cached.version === expectedVersion) {
-          return submit(streamId, expectedVersion, events, encoded.right, cached.etag, replace)
+        const startedAt = clock.unsafeCurrentTimeMillis()
+        const deadline = startedAt + maxAppendMillis
+        const bucket = bucketOf(startedAt, bucketMillis)
+        if (indexed.has(streamId, bucket)) {
+          return appendIndexed(streamId, expectedVersion, events, encoded.right, replace, deadline)
         }
-        // The head's ETag is not known at this version: read it first.
-        return Effect.flatMap(readVersion(streamId), (head) =>
-          Option.isSome(head) && head.value.version === expectedVersion
-            ? submit(streamId, expectedVersion, events, encoded.right, head.value.etag, replace)
-            : resolveRefusal(streamId, expectedVersion, events, head))
+        return Effect.zipRight(
+          indexPending(streamId, bucket),
+          appendIndexed(streamId, expectedVersion, events, encoded.right, replace, deadline)
+        )
       }).pipe(
         Effect.withSpan("AzureTableEventStore.append", {
           // A stack trace per call costs more than the rest of the adapter's work, and would only
@@ -636,7 +746,7 @@ const makeService = (
 
     const read: EventStoreService["read"] = (streamId, options) =>
       Effect.gen(function*() {
-        yield* StreamId.check(streamId)
+        yield* Layout.validateStreamId(streamId)
         const range = rangeOf(options)
         if (Option.isNone(range)) {
           return []
@@ -655,7 +765,7 @@ const makeService = (
 
     const load: EventStoreService["load"] = (streamId, options) =>
       Effect.gen(function*() {
-        yield* StreamId.check(streamId)
+        yield* Layout.validateStreamId(streamId)
         const snapshotSchemaVersion = options?.snapshotSchemaVersion
         if (snapshotSchemaVersion === undefined) {
           // One query over the whole partition: every event, then the head.
@@ -692,27 +802,251 @@ const makeService = (
       )
 
     if (options.createTable !== false) {
-      yield* request("createTable", undefined, (signalOptions) =>
-        client.createTable(signalOptions)).pipe(
-          Effect.flatMap(Either.match({
-            onLeft: (rejection) =>
-              // Created meanwhile by another process: fine.
-              rejection.status === 409 ? Effect.void : Effect.fail(toFailure("createTable", undefined, rejection)),
-            onRight: () =>
-              Effect.void
-          })),
-          Effect.withSpan("AzureTableEventStore.createTable", { attributes: { table: client.tableName } })
-        )
+      yield* request("createTable", undefined, (signalOptions) => client.createTable(signalOptions)).pipe(
+        Effect.flatMap(Either.match({
+          onLeft: (rejection) =>
+            // Created meanwhile by another process: fine.
+            rejection.status === 409 ? Effect.void : Effect.fail(toFailure("createTable", undefined, rejection)),
+          onRight: () => Effect.void
+        })),
+        Effect.withSpan("AzureTableEventStore.createTable", { attributes: { table: client.tableName } })
+      )
     }
 
     const service: EventStoreService = { read, load, append }
-    return service
+    const outboxStore = makeOutboxStore({
+      client,
+      request,
+      orFail,
+      query,
+      decodeHead,
+      bucketSize,
+      appendWindow: Duration.sum(maxAppendDuration, timeout),
+      subscribers
+    })
+    return { eventStore: service, outboxStore }
+  })
+
+export const makeStores = (
+  options: Api.Options
+): Effect.Effect<Stores, EventStoreFailure | EventStoreUnavailable> =>
+  Effect.flatMap(makeClient(options), (client) => {
+    client.pipeline.addPolicy(timeoutPolicy(Duration.toMillis(timeoutOf(options))))
+    return makeService(client, options, true)
   })
 
 export const make = (
   options: Api.Options
 ): Effect.Effect<EventStoreService, EventStoreFailure | EventStoreUnavailable> =>
-  Effect.flatMap(makeClient(options), (client) => {
-    client.pipeline.addPolicy(timeoutPolicy(Duration.toMillis(timeoutOf(options))))
-    return makeService(client, options, true)
-  })
+  Effect.map(makeStores(options), (stores) => stores.eventStore)
+
+// The outbox side of the store, on the same client and request machinery.
+
+type Request = <A>(
+  operation: string,
+  streamId: string | undefined,
+  send: (options: SignalOptions) => Promise<A>
+) => Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable>
+
+interface OutboxParts {
+  readonly client: TableClient
+  readonly request: Request
+  readonly orFail: <A>(
+    operation: string,
+    streamId: string | undefined
+  ) => (answer: Either.Either<A, Rejection>) => Effect.Effect<A, EventStoreFailure>
+  readonly query: (
+    operation: string,
+    streamId: string,
+    filter: string,
+    select: ReadonlyArray<string>
+  ) => Effect.Effect<Array<Layout.StoredRow>, EventStoreUnavailable | EventStoreFailure>
+  readonly decodeHead: (streamId: string, row: Layout.StoredRow) => Effect.Effect<Layout.Head, DecodeError>
+  readonly bucketSize: Duration.Duration
+  readonly appendWindow: Duration.Duration
+  readonly subscribers: Set<Queue.Queue<Committed>>
+}
+
+const makeOutboxStore = (parts: OutboxParts): OutboxStoreService => {
+  const { client, decodeHead, orFail, query, request, subscribers } = parts
+  const bucketMillis = Duration.toMillis(parts.bucketSize)
+
+  const progress: OutboxStoreService["progress"] = (streamId, options) =>
+    Effect.gen(function*() {
+      yield* Layout.validateStreamId(streamId)
+      const from = options?.fromVersion
+      // With a version: the events from it, then the head and the position (they sort last), in
+      // one query. Without: the stream-level rows only.
+      const filter = from === undefined
+        ? odata`PartitionKey eq ${streamId} and RowKey ge ${Layout.reservedPrefix}`
+        : odata`PartitionKey eq ${streamId} and RowKey ge ${
+          Layout.eventRowKey(Math.min(Layout.maxVersion, Math.max(1, Math.ceil(from))))
+        }`
+      const rows = yield* query(
+        "progress",
+        streamId,
+        filter,
+        from === undefined ? ["RowKey", Layout.column.version, Layout.column.dispatched] : Layout.progressSelect
+      )
+      const events: Array<RecordedEvent> = []
+      let version = 0
+      let dispatched = 0
+      let token: string | undefined
+      for (const row of rows) {
+        const rowKey = row.rowKey ?? ""
+        if (Layout.isEventRowKey(rowKey)) events.push(yield* Layout.decodeEvent(streamId, row))
+        else if (rowKey === Layout.headRowKey) version = (yield* decodeHead(streamId, row)).version
+        else if (rowKey === Layout.outboxRowKey) {
+          const value = row[Layout.column.dispatched]
+          dispatched = typeof value === "number" ? value : 0
+          token = row.etag
+        }
+      }
+      const result: Progress = { streamId, version, dispatched, token, events }
+      return result
+    }).pipe(Effect.withSpan("AzureTableEventStore.progress", { captureStackTrace: false, attributes: { streamId } }))
+
+  const recordDispatched: OutboxStoreService["recordDispatched"] = (streamId, token, version) => {
+    const entity = { partitionKey: streamId, rowKey: Layout.outboxRowKey, [Layout.column.dispatched]: version }
+    return request("recordDispatched", streamId, (signalOptions) =>
+      token === undefined
+        ? client.createEntity(entity, signalOptions)
+        : client.updateEntity(entity, "Replace", { ...signalOptions, etag: token })).pipe(
+        Effect.flatMap(Either.match({
+          // Another writer moved the position (or created it) first.
+          onLeft: (rejection) =>
+            rejection.status === 409 || rejection.status === 412 || isEntityMissing(rejection)
+              ? Effect.succeed(undefined)
+              : Effect.fail(toFailure("recordDispatched", streamId, rejection)),
+          onRight: (headers) => Effect.succeed(headers.etag)
+        })),
+        Effect.withSpan("AzureTableEventStore.recordDispatched", {
+          captureStackTrace: false,
+          attributes: { streamId, version }
+        })
+      )
+  }
+
+  const readMark = request(
+    "sweepMark",
+    undefined,
+    (signalOptions) =>
+      client.getEntity<Record<string, unknown>>(Layout.sweepPartition, Layout.sweepRowKey, signalOptions)
+  ).pipe(
+    Effect.flatMap(Either.match({
+      onLeft: (rejection) =>
+        isEntityMissing(rejection)
+          ? Effect.succeed(undefined)
+          : Effect.fail(toFailure("sweepMark", undefined, rejection)),
+      onRight: (row) => {
+        const bucket = row[Layout.column.bucket]
+        const millis = typeof bucket === "string" ? Date.parse(bucket) : Number.NaN
+        return Effect.succeed(Number.isNaN(millis) ? undefined : millis)
+      }
+    }))
+  )
+
+  const pending: OutboxStoreService["pending"] = ({ endedBefore, fromBucket }) =>
+    Effect.gen(function*() {
+      const from = fromBucket ?? (yield* readMark) ?? 0
+      // Buckets that ended at or before `endedBefore` start before `upper`.
+      // Clamped to the last instant ISO 8601 writes with four digits (partition keys must sort).
+      const upper = Math.min(bucketOf(endedBefore - bucketMillis, bucketMillis) + bucketMillis, lastInstant)
+      if (upper <= from) return []
+      const rows = yield* request("pending", undefined, async (signalOptions) => {
+        const rows: Array<PendingEntry> = []
+        const entities = client.listEntities<Record<string, unknown>>({
+          ...signalOptions,
+          queryOptions: {
+            filter: odata`PartitionKey ge ${Layout.pendingPartition(from)} and PartitionKey lt ${
+              Layout.pendingPartition(upper)
+            }`,
+            select: ["PartitionKey", "RowKey"]
+          }
+        })
+        for await (const entity of entities) {
+          rows.push({ bucket: Layout.bucketOfPartition(entity.partitionKey ?? ""), streamId: entity.rowKey ?? "" })
+        }
+        return rows
+      }).pipe(Effect.flatMap(orFail("pending", undefined)))
+      return rows
+    }).pipe(Effect.withSpan("AzureTableEventStore.pending", { captureStackTrace: false }))
+
+  const deleteOne = (entry: PendingEntry) =>
+    request(
+      "clearPending",
+      entry.streamId,
+      (signalOptions) => client.deleteEntity(Layout.pendingPartition(entry.bucket), entry.streamId, signalOptions)
+    ).pipe(
+      Effect.flatMap(Either.match({
+        onLeft: (rejection) =>
+          isEntityMissing(rejection) ? Effect.void : Effect.fail(toFailure("clearPending", entry.streamId, rejection)),
+        onRight: () => Effect.void
+      }))
+    )
+
+  // One batch of deletes per bucket and 100 entries; when a batch is refused (another sweeper
+  // deleted one of its rows first), the entries are deleted one by one.
+  const clearPending: OutboxStoreService["clearPending"] = (entries) => {
+    const groups = new Map<number, Array<PendingEntry>>()
+    for (const entry of entries) {
+      const group = groups.get(entry.bucket) ?? []
+      group.push(entry)
+      groups.set(entry.bucket, group)
+    }
+    const chunks: Array<Array<PendingEntry>> = []
+    for (const group of groups.values()) {
+      for (let index = 0; index < group.length; index += 100) chunks.push(group.slice(index, index + 100))
+    }
+    return Effect.forEach(
+      chunks,
+      (chunk) =>
+        request("clearPending", undefined, (signalOptions) =>
+          client.submitTransaction(
+            chunk.map((entry): TransactionAction => [
+              "delete",
+              { partitionKey: Layout.pendingPartition(entry.bucket), rowKey: entry.streamId }
+            ]),
+            signalOptions
+          )).pipe(
+            Effect.flatMap(Either.match({
+              onLeft: () => Effect.forEach(chunk, deleteOne, { discard: true }),
+              onRight: () => Effect.void
+            }))
+          ),
+      { discard: true }
+    ).pipe(
+      Effect.withSpan("AzureTableEventStore.clearPending", {
+        captureStackTrace: false,
+        attributes: { entries: entries.length }
+      })
+    )
+  }
+
+  const setSweepMark: OutboxStoreService["setSweepMark"] = (bucket) =>
+    request("setSweepMark", undefined, (signalOptions) =>
+      client.upsertEntity(
+        {
+          partitionKey: Layout.sweepPartition,
+          rowKey: Layout.sweepRowKey,
+          [Layout.column.bucket]: new Date(bucket).toISOString()
+        },
+        "Replace",
+        signalOptions
+      )).pipe(Effect.flatMap(orFail("setSweepMark", undefined)), Effect.asVoid)
+
+  return {
+    bucketSize: parts.bucketSize,
+    appendWindow: parts.appendWindow,
+    commits: Effect.acquireRelease(
+      Effect.tap(Queue.unbounded<Committed>(), (queue) => Effect.sync(() => subscribers.add(queue))),
+      (queue) => Effect.zipRight(Effect.sync(() => subscribers.delete(queue)), Queue.shutdown(queue))
+    ) as Effect.Effect<Queue.Dequeue<Committed>, never, Scope.Scope>,
+    progress,
+    recordDispatched,
+    pending,
+    clearPending,
+    sweepMark: readMark,
+    setSweepMark
+  }
+}

@@ -3,7 +3,8 @@
 // The layout is documented for users in docs/event-store.md.
 import { Either, Option } from "effect"
 import type { EventData, EventMetadata, RecordedEvent, Snapshot } from "../EventStore.js"
-import { DecodeError } from "../EventStoreError.js"
+import { DecodeError, InvalidStreamId } from "../EventStoreError.js"
+import * as StreamId from "../StreamId.js"
 
 /** Digits of an event row key. Ten digits keep key order equal to version order up to 9,999,999,999. */
 export const versionDigits = 10
@@ -19,11 +20,39 @@ export const maxVersion = 9_999_999_999
 export const headRowKey = "~head"
 
 /**
- * Reserved for the outbox's dispatched position: a separate row, so that recording progress never
- * changes the head's ETag and never makes an append fail its `If-Match`. Nothing writes it yet.
- * Every row key starting with `~` is reserved for stream-level rows.
+ * The outbox's dispatched position: a separate row, so that recording progress never changes the
+ * head's ETag and never makes an append fail its `If-Match`. It sorts after the head, so one
+ * open-ended range query returns the events, the head and the position. Every row key starting
+ * with `~` is reserved for stream-level rows.
  */
 export const outboxRowKey = "~outbox"
+
+/**
+ * Partition keys starting with `~` are reserved for the store's own partitions (the pending
+ * index, the sweep's mark): a stream id may not start with it.
+ */
+export const reservedPrefix = "~"
+
+/** A stream id as `StreamId.validate` checks it, and not in the reserved range. */
+export const validateStreamId = (streamId: string): Either.Either<string, InvalidStreamId> =>
+  streamId.startsWith(reservedPrefix)
+    ? Either.left(new InvalidStreamId({ streamId, reason: `ids starting with "${reservedPrefix}" are reserved` }))
+    : StreamId.validate(streamId)
+
+/**
+ * The pending index: partition `~pending-<bucket start, ISO 8601>`, one row per stream appended
+ * to in that bucket (`RowKey` = stream id, no other column). ISO 8601 in UTC has a fixed width
+ * until the year 9999, so key order is time order and a range of buckets is a range of keys.
+ */
+export const pendingPrefix = "~pending-"
+
+export const pendingPartition = (bucket: number): string => `${pendingPrefix}${new Date(bucket).toISOString()}`
+
+export const bucketOfPartition = (partitionKey: string): number => Date.parse(partitionKey.slice(pendingPrefix.length))
+
+/** The sweep's low-water mark: one row, `Bucket` = the first bucket start that may have entries. */
+export const sweepPartition = "~outbox-sweep"
+export const sweepRowKey = "mark"
 
 export const eventRowKey = (version: number): string => version.toString().padStart(versionDigits, "0")
 
@@ -41,7 +70,9 @@ export const column = {
   version: "Version",
   snapshotVersion: "SnapshotVersion",
   snapshotSchemaVersion: "SnapshotSchemaVersion",
-  snapshot: "Snapshot"
+  snapshot: "Snapshot",
+  dispatched: "Dispatched",
+  bucket: "Bucket"
 } as const
 
 /** Largest string property: 64 KiB, i.e. 32K UTF-16 code units. */
@@ -70,6 +101,9 @@ export const eventSelect: ReadonlyArray<string> = [
   ...chunkColumns(column.metadata),
   column.version
 ]
+
+/** The columns of an outbox progress read: events, the head's version and the dispatched position. */
+export const progressSelect: ReadonlyArray<string> = [...eventSelect, column.dispatched]
 
 /** The columns an append needs from the head: its version (the ETag comes with every entity). */
 export const headVersionSelect: ReadonlyArray<string> = [column.version]

@@ -12,6 +12,7 @@
 import type { EventEmitter } from "node:events"
 import type { Server as NetServer, Socket } from "node:net"
 import rhea from "rhea"
+import { splitMergedDispositions } from "../../internal/amqp/transactionalTransfer.js"
 import type { AmqpValue } from "./codec.js"
 import { decodeValue } from "./codec.js"
 
@@ -210,6 +211,10 @@ const isDescribedAs = (value: unknown, code: number, symbol: string): boolean =>
 
 /** Installs the emulator's hooks on one session (see the file comment). */
 export const hookSession = (session: Session, hooks: SessionHooks): void => {
+  // Answers written in one tick (two declares, two transactional sends) must not be merged into
+  // one disposition carrying the first answer's state.
+  const split = splitMergedDispositions(session)
+  if (split._tag === "Left") throw split.left
   const onAttach = session.on_attach.bind(session)
   session.on_attach = (frame) => {
     const target = frame.performative.target

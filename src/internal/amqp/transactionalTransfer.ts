@@ -138,7 +138,72 @@ export const enableTransactionalTransfers = (session: unknown): Either.Either<vo
     return original.call(this, frame, payload)
   }
   Object.defineProperty(session, HOOKED, { value: true })
+  return splitMergedDispositions(session)
+}
+
+const SPLIT = Symbol.for("effect-eventually/amqp/split-dispositions")
+
+/**
+ * Makes `session` write one disposition frame per delivery when rhea merged deliveries with
+ * different states into one range. rhea 3.0's `write_dispositions` compares the states of a
+ * range only once it holds two deliveries, so two dispositions written in the same tick for
+ * consecutive delivery ids (say `transactional-state(txn A, accepted)` then
+ * `transactional-state(txn B, rejected)`, or two `declared` answers with different ids) go out
+ * as one frame with the first one's state. Ranges of deliveries that share one state are
+ * left as they are. Idempotent.
+ */
+export const splitMergedDispositions = (session: unknown): Either.Either<void, TransactionSupportError> => {
+  if (!isObj(session)) return unsupported("a session object is required")
+  if (session[SPLIT] === true) return Either.void
+  const original = session.output
+  if (!isFn(original)) return unsupported("rhea's Session no longer has an output(frame, payload) method")
+  let frames: Obj
+  try {
+    frames = nodeRequire("rhea/lib/frames.js") as Obj
+  } catch (e) {
+    return unsupported(`rhea/lib/frames.js cannot be loaded (${e instanceof Error ? e.message : String(e)})`)
+  }
+  const disposition = frames.disposition
+  if (!isFn(disposition)) return unsupported("rhea/lib/frames.js no longer exports disposition(fields)")
+  session.output = function(this: Obj, frame: unknown, payload?: unknown) {
+    if (isObj(frame) && frameCode(frame) === Number(Performative.disposition)) {
+      const first = frame.first
+      const last = frame.last
+      const side = frame.role === true ? this.incoming : this.outgoing
+      if (
+        typeof first === "number" && typeof last === "number" && last > first && isObj(side) &&
+        isObj(side.deliveries) && isFn(side.deliveries.by_id)
+      ) {
+        const byId = side.deliveries.by_id as (id: number) => unknown
+        const states: Array<unknown> = []
+        for (let id = first; id <= last; id++) {
+          const delivery = byId.call(side.deliveries, id)
+          states.push(isObj(delivery) && delivery.state !== undefined ? delivery.state : frame.state)
+        }
+        if (states.some((state) => state !== states[0])) {
+          let result: unknown
+          for (let id = first; id <= last; id++) {
+            result = original.call(
+              this,
+              disposition({ role: frame.role, first: id, last: id, settled: frame.settled, state: states[id - first] }),
+              payload
+            )
+          }
+          return result
+        }
+      }
+    }
+    return original.call(this, frame, payload)
+  }
+  Object.defineProperty(session, SPLIT, { value: true })
   return Either.void
+}
+
+const frameCode = (frame: Obj): number | undefined => {
+  const ctor = frame.constructor as unknown
+  if (!isFn(ctor) && !isObj(ctor)) return undefined
+  const descriptor = (ctor as unknown as Obj).descriptor
+  return isObj(descriptor) && typeof descriptor.numeric === "number" ? descriptor.numeric : undefined
 }
 
 /** Options of {@link sendTransactional}. */

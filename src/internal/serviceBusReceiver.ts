@@ -1,0 +1,146 @@
+// The Service Bus receiver backend: SDK receivers in peek-lock mode with the SDK's automatic lock
+// renewal off (the shared receiver renews on its own fiber, so that one policy applies) and
+// bodies left as bytes (parsed here, so a body that is not JSON is reported, not guessed at).
+import type { ServiceBusReceivedMessage, ServiceBusReceiver, ServiceBusReceiverOptions } from "@azure/service-bus"
+import { Duration, Effect, Scope } from "effect"
+import Long from "long"
+import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
+import { ServiceBusClient } from "../ServiceBusClient.js"
+import { MessageNotFound } from "../ServiceBusError.js"
+import { fromSdkMessage } from "./messageCodec.js"
+import type { RawDelivery, ReceiverBackend } from "./messageReceiver.js"
+import * as Receiver from "./messageReceiver.js"
+import type { ErrorContext } from "./serviceBusErrors.js"
+import { receiveError, settleError } from "./serviceBusErrors.js"
+
+const call = <A>(context: ErrorContext, f: (signal: AbortSignal) => Promise<A>) =>
+  Effect.tryPromise({ try: f, catch: (cause) => receiveError(cause, context) })
+
+const callSettle = <A>(context: ErrorContext, f: () => Promise<A>) =>
+  Effect.tryPromise({ try: f, catch: (cause) => settleError(cause, context) })
+
+const toLong = (value: bigint): Long => Long.fromString(value.toString())
+
+export const make = (
+  options: ServiceBusOptions
+): Effect.Effect<MessageReceiverService, never, ServiceBusClient | Scope.Scope> =>
+  Effect.gen(function*() {
+    const client = yield* ServiceBusClient
+    const receiverOptions = (source: Source): ServiceBusReceiverOptions => {
+      const common: ServiceBusReceiverOptions = {
+        receiveMode: "peekLock",
+        maxAutoLockRenewalDurationInMs: 0,
+        skipParsingBodyAsJson: true
+      }
+      return source.deadLetter ? { ...common, subQueueType: "deadLetter" } : common
+    }
+
+    const openReceiver = (source: Source): Effect.Effect<ServiceBusReceiver, never, Scope.Scope> =>
+      Effect.acquireRelease(
+        Effect.sync(() =>
+          source._tag === "Queue"
+            ? client.sdk.createReceiver(source.queue, receiverOptions(source))
+            : client.sdk.createReceiver(source.topic, source.subscription, receiverOptions(source))
+        ),
+        (receiver) =>
+          Effect.promise(() => receiver.close()).pipe(
+            Effect.timeout("10 seconds"),
+            Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus receiver did not close cleanly", cause))
+          )
+      )
+
+    const rawDelivery = (receiver: ServiceBusReceiver, entity: string, sdk: ServiceBusReceivedMessage): RawDelivery => {
+      const message = fromSdkMessage(entity, sdk, false)
+      const context = (operation: string): ErrorContext => ({
+        operation,
+        entity,
+        messageId: message.messageId,
+        lockToken: message.lockToken
+      })
+      const settle = (settlement: Settlement) => {
+        switch (settlement._tag) {
+          case "Complete":
+            return callSettle(context("complete"), () => receiver.completeMessage(sdk))
+          case "Abandon":
+            return callSettle(context("abandon"), () => receiver.abandonMessage(sdk, settlement.properties))
+          case "Defer":
+            return callSettle(context("defer"), () => receiver.deferMessage(sdk, settlement.properties))
+          case "DeadLetter":
+            return callSettle(context("deadLetter"), () =>
+              receiver.deadLetterMessage(sdk, {
+                ...settlement.properties,
+                deadLetterReason: settlement.reason,
+                deadLetterErrorDescription: settlement.description ?? ""
+              }))
+        }
+      }
+      return {
+        message,
+        settle,
+        renewLock: callSettle(context("renewLock"), () => receiver.renewMessageLock(sdk))
+      }
+    }
+
+    // Receivers for `receiveDeferred` and `peek`, which go through the management link and so
+    // can share one SDK receiver per source for the lifetime of the layer.
+    const layerScope = yield* Effect.scope
+    const shared = new Map<string, ServiceBusReceiver>()
+    const sharedReceiver = (source: Source) =>
+      Effect.suspend(() => {
+        const key = Receiver.entityPath(source).toLowerCase()
+        const existing = shared.get(key)
+        if (existing !== undefined) return Effect.succeed(existing)
+        return Effect.tap(
+          Scope.extend(openReceiver(source), layerScope),
+          (receiver) => Effect.sync(() => shared.set(key, receiver))
+        )
+      })
+
+    const backend: ReceiverBackend = {
+      retry: options.retry ?? client.retry,
+      open: (source) =>
+        Effect.map(openReceiver(source), (receiver) => {
+          const entity = Receiver.entityPath(source)
+          return {
+            receive: (maxMessages, maxWait) =>
+              call(
+                { operation: "receive", entity },
+                (abortSignal) =>
+                  receiver.receiveMessages(maxMessages, { maxWaitTimeInMs: Duration.toMillis(maxWait), abortSignal })
+              ).pipe(Effect.map((messages) => messages.map((sdk) => rawDelivery(receiver, entity, sdk))))
+          }
+        }),
+      receiveDeferred: (source, sequenceNumbers) =>
+        Effect.gen(function*() {
+          const entity = Receiver.entityPath(source)
+          const receiver = yield* sharedReceiver(source)
+          const context = { operation: "receiveDeferred", entity, sequenceNumbers }
+          const messages = yield* call(context, () => receiver.receiveDeferredMessages(sequenceNumbers.map(toLong)))
+          const deliveries = messages.map((sdk) => rawDelivery(receiver, entity, sdk))
+          const found = new Set(deliveries.map((delivery) => delivery.message.sequenceNumber))
+          const missing = sequenceNumbers.filter((sequenceNumber) => !found.has(sequenceNumber))
+          if (missing.length > 0) {
+            // Release what was locked, so that a retry with the right numbers can get it.
+            yield* Effect.forEach(deliveries, (delivery) => Effect.ignore(delivery.settle({ _tag: "Abandon" })), {
+              discard: true
+            })
+            return yield* new MessageNotFound({ ...context, sequenceNumbers: missing, reason: "not deferred there" })
+          }
+          return deliveries
+        }),
+      peek: (source, maxMessages, fromSequenceNumber) =>
+        Effect.gen(function*() {
+          const entity = Receiver.entityPath(source)
+          const receiver = yield* sharedReceiver(source)
+          // Always from an explicit sequence number: without one, the SDK continues from where the
+          // previous peek on this receiver stopped.
+          const messages = yield* call(
+            { operation: "peek", entity },
+            (abortSignal) =>
+              receiver.peekMessages(maxMessages, { fromSequenceNumber: toLong(fromSequenceNumber ?? 0n), abortSignal })
+          )
+          return messages.map((sdk) => fromSdkMessage(entity, sdk, true))
+        })
+    }
+    return yield* Receiver.make(backend)
+  })

@@ -1,0 +1,181 @@
+// The Service Bus sender: one SDK sender per destination (links are costly to attach), batches
+// packed with the SDK's own size accounting, every batch checked before the first is sent.
+import type { ServiceBusMessageBatch, ServiceBusSender } from "@azure/service-bus"
+import type { Scope } from "effect"
+import { Effect } from "effect"
+import type { MessageSenderService, ServiceBusOptions } from "../MessageSender.js"
+import { ServiceBusClient } from "../ServiceBusClient.js"
+import { BatchTooLarge, InvalidMessage, MessageTooLarge, ServiceBusFailure } from "../ServiceBusError.js"
+import type { Checked } from "./messageCodec.js"
+import { defaultMaxBatchBytes, encodeBodies, sizeAlone, toSdkMessage } from "./messageCodec.js"
+import { retryTransient } from "./messageRetry.js"
+import * as Sender from "./messageSender.js"
+import { redact, sendError } from "./serviceBusErrors.js"
+
+export const make = (
+  options: ServiceBusOptions
+): Effect.Effect<MessageSenderService, never, ServiceBusClient | Scope.Scope> =>
+  Effect.gen(function*() {
+    const client = yield* ServiceBusClient
+    const retry = options.retry ?? client.retry
+    const senders = new Map<string, ServiceBusSender>()
+
+    yield* Effect.addFinalizer(() =>
+      Effect.forEach(
+        Array.from(senders.values()),
+        (sender) =>
+          Effect.promise(() => sender.close()).pipe(
+            Effect.timeout("10 seconds"),
+            Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus sender did not close cleanly", cause))
+          ),
+        { concurrency: "unbounded", discard: true }
+      ).pipe(Effect.andThen(Effect.sync(() => senders.clear())))
+    )
+
+    const senderFor = (destination: string) =>
+      Effect.suspend(() => {
+        // Entity names are case-insensitive on Service Bus.
+        const key = destination.toLowerCase()
+        const existing = senders.get(key)
+        if (existing !== undefined) return Effect.succeed(existing)
+        return Effect.try({
+          try: () => {
+            const sender = client.sdk.createSender(destination)
+            senders.set(key, sender)
+            return sender
+          },
+          catch: (cause) => sendError(cause, { operation: "createSender", entity: destination })
+        })
+      })
+
+    // The batch size limit of each destination, learnt from its link on the first send: an
+    // emulator may not advertise one (rhea then reads undefined or 0), and the configured limit
+    // applies, as it does when it is smaller than the link's.
+    const limits = new Map<string, { readonly maxBytes: number; readonly sized: number | undefined }>()
+    const limitsFrom = (batch: ServiceBusMessageBatch) => {
+      const linkMax = typeof batch.maxSizeInBytes === "number" && batch.maxSizeInBytes > 0
+        ? batch.maxSizeInBytes
+        : undefined
+      const maxBytes = linkMax === undefined
+        ? options.maxBatchBytes ?? defaultMaxBatchBytes
+        : Math.min(linkMax, options.maxBatchBytes ?? linkMax)
+      return { maxBytes, sized: maxBytes === linkMax ? undefined : maxBytes }
+    }
+    const createBatch = async (sender: ServiceBusSender, key: string): Promise<ServiceBusMessageBatch> => {
+      const known = limits.get(key)
+      if (known !== undefined) {
+        return sender.createMessageBatch(known.sized === undefined ? {} : { maxSizeInBytes: known.sized })
+      }
+      const probe = await sender.createMessageBatch()
+      const learnt = limitsFrom(probe)
+      limits.set(key, learnt)
+      return learnt.sized === undefined ? probe : sender.createMessageBatch({ maxSizeInBytes: learnt.sized })
+    }
+
+    const send = (destination: string, messages: ReadonlyArray<Checked>, split: boolean) =>
+      Effect.gen(function*() {
+        const key = destination.toLowerCase()
+        const sender = yield* senderFor(destination)
+        if (sender.isClosed) {
+          return yield* new ServiceBusFailure({
+            operation: "send",
+            entity: destination,
+            reason: "the sender is closed (its scope or the client was closed)"
+          })
+        }
+        const sdkMessages = messages.map(toSdkMessage)
+        const context = { operation: "send", entity: destination, messageId: messages[0].message.messageId }
+
+        // Fills the batch from `start` in plain code, not one effect per message: a hundred small
+        // effects would cost more than the encoding itself. Returns where it stopped.
+        const fill = (target: ServiceBusMessageBatch, start: number): number | InvalidMessage => {
+          let index = start
+          try {
+            while (index < sdkMessages.length && target.tryAddMessage(sdkMessages[index])) index++
+            return index
+          } catch (cause) {
+            // The SDK throws when a body cannot be written as JSON; its message carries a stack.
+            return new InvalidMessage({
+              entity: destination,
+              index,
+              messageId: messages[index].message.messageId,
+              reason: redact(String(cause).split("\n")[0].slice(0, 500))
+            })
+          }
+        }
+
+        // The common case in one promise: one batch that takes every message, sent at once.
+        // Anything else (an invalid or oversized message, several batches) goes the long way.
+        const first = yield* retryTransient(
+          Effect.tryPromise({
+            try: async () => {
+              const batch = await createBatch(sender, key)
+              const stopped = fill(batch, 0)
+              if (stopped !== messages.length) return { batch, stopped }
+              await sender.sendMessages(batch)
+              return undefined
+            },
+            catch: (cause) => sendError(cause, context)
+          }),
+          retry
+        )
+        if (first === undefined) return { messageCount: messages.length, batchCount: 1 }
+
+        const { maxBytes, sized } = limits.get(key) ?? limitsFrom(first.batch)
+        const batches: Array<ServiceBusMessageBatch> = []
+        let batch = first.batch
+        let stopped = first.stopped
+        while (true) {
+          if (typeof stopped !== "number") return yield* stopped
+          if (stopped === messages.length) break
+          const index = stopped
+          // Only on this rare path is the body written a second time, to report its size.
+          const [encoded] = yield* encodeBodies(destination, [messages[index]]).pipe(
+            Effect.mapError((error) => new InvalidMessage({ ...error, index }))
+          )
+          const tooLarge = new MessageTooLarge({
+            entity: destination,
+            messageId: encoded.message.messageId,
+            index,
+            bytes: sizeAlone(encoded),
+            maxBytes
+          })
+          // Checked before BatchTooLarge, as the memory sender does: splitting would not help.
+          if (batch.count === 0 || tooLarge.bytes! > maxBytes) return yield* tooLarge
+          if (!split) {
+            return yield* new BatchTooLarge({
+              entity: destination,
+              messageCount: messages.length,
+              fitting: batch.count,
+              maxBytes
+            })
+          }
+          batches.push(batch)
+          batch = yield* retryTransient(
+            Effect.tryPromise({
+              try: () => sender.createMessageBatch(sized === undefined ? {} : { maxSizeInBytes: sized }),
+              catch: (cause) => sendError(cause, { ...context, operation: "createMessageBatch" })
+            }),
+            retry
+          )
+          stopped = fill(batch, index)
+        }
+        batches.push(batch)
+        // Every batch was packed before the first is sent, so BatchTooLarge and MessageTooLarge
+        // leave nothing behind.
+        for (const ready of batches) {
+          yield* retryTransient(
+            // No abort signal: an interrupted send could not be taken back anyway (the broker may
+            // already have it), and passing one costs a measurable share of a send.
+            Effect.tryPromise({
+              try: () => sender.sendMessages(ready),
+              catch: (cause) => sendError(cause, { ...context, maxBytes })
+            }),
+            retry
+          )
+        }
+        return { messageCount: messages.length, batchCount: batches.length }
+      })
+
+    return Sender.make({ send })
+  })

@@ -1,0 +1,319 @@
+// Service Bus transactions against the in-repo emulator; results are read back with the official
+// `@azure/service-bus` client.
+import type { AccessToken, TokenCredential } from "@azure/identity"
+import { assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Exit, Fiber, Redacted } from "effect"
+import type { ServiceBusEmulator } from "../src/emulator/index.js"
+import * as Message from "../src/Message.js"
+import * as MessageReceiver from "../src/MessageReceiver.js"
+import * as ServiceBusTransaction from "../src/ServiceBusTransaction.js"
+import { bodies, client, emulator, receiveAll, run } from "./emulator/support.js"
+
+const entities: ServiceBusEmulator.Options = {
+  queues: [{ name: "in" }, { name: "out" }],
+  topics: [{ name: "events", subscriptions: [{ name: "all" }] }]
+}
+
+const out = (body: unknown, id: string): Message.OutgoingMessage => ({ body, messageId: id })
+
+const session = (emu: ServiceBusEmulator.Emulator, destinations: ReadonlyArray<string> = ["out", "events"]) =>
+  ServiceBusTransaction.makeSession({
+    connection: { connectionString: emu.connectionString },
+    entity: MessageReceiver.queue("in"),
+    destinations
+  })
+
+/**
+ * Sends messages with an SDK client that is closed right away: the tests that drop every
+ * connection must not leave an SDK client behind whose connection was dropped.
+ */
+const seed = (emu: ServiceBusEmulator.Emulator, queue: string, messages: ReadonlyArray<unknown>) =>
+  Effect.scoped(
+    Effect.flatMap(client(emu), (sb) =>
+      run(() => sb.createSender(queue).sendMessages(messages.map((body) => ({ body })))))
+  )
+
+const empty = { active: 0, locked: 0, deferred: 0, scheduled: 0, deadLettered: 0 }
+
+describe("ServiceBusTransaction", () => {
+  it.scopedLive("commits the completion and every send at once; nothing is visible before", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages({ body: "input" }))
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      assert.strictEqual(received.body, "input")
+      const result = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", [out("a", "a"), out("b", "b")])
+          yield* t.send("events", out("e", "e"))
+          yield* t.send("in", out("again", "again"))
+          yield* t.flush
+          // Enlisted and accepted by the broker, not yet visible.
+          assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+          assert.deepStrictEqual(yield* emu.admin.counts("events/Subscriptions/all"), empty)
+          assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+          return t.operations()
+        }))
+      assert.strictEqual(result, 5)
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), { ...empty, active: 2 })
+      assert.deepStrictEqual(yield* emu.admin.counts("events/Subscriptions/all"), { ...empty, active: 1 })
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, active: 1 })
+      const sent = yield* receiveAll(
+        (n) =>
+          sb.createReceiver("out", { receiveMode: "receiveAndDelete" }).receiveMessages(n, { maxWaitTimeInMs: 1000 }),
+        2
+      )
+      assert.deepStrictEqual(bodies(sent).sort(), ["a", "b"])
+    }))
+
+  it.scopedLive("rolls back when the body fails: no send is visible, the message stays locked", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages({ body: "input" }))
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      const error = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", out("a", "a"))
+          yield* t.flush
+          return yield* Effect.fail("handler failed" as const)
+        })).pipe(Effect.flip)
+      assert.strictEqual(error, "handler failed")
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+      // The message comes back when its lock expires.
+      assert.strictEqual(yield* emu.faults.expireLocks("in"), 1)
+      const [again] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      assert.strictEqual(again.body, "input")
+      assert.strictEqual(again.deliveryCount, 2)
+    }))
+
+  it.scopedLive("rolls back when interrupted", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages({ body: "input" }))
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      const flushed = yield* Deferred.make<void>()
+      const fiber = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", out("a", "a"))
+          yield* t.flush
+          yield* Deferred.succeed(flushed, undefined)
+          return yield* Effect.never
+        })).pipe(Effect.fork)
+      yield* Deferred.await(flushed)
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      const exit = yield* Fiber.interrupt(fiber)
+      assert.isTrue(Exit.isInterrupted(exit))
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+      // The rollback is done: once delivered again, a new transaction completes the message.
+      assert.strictEqual(yield* emu.faults.expireLocks("in"), 1)
+      const [again] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      yield* ServiceBusTransaction.run(tx, (t) => t.complete(again))
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), empty)
+    }))
+
+  it.scopedLive("a dropped connection before the discharge is a transient failure; nothing is published", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["input"])
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      const error = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", [out("a", "a"), out("b", "b")])
+          yield* t.send("events", out("e", "e"))
+          yield* t.flush
+          yield* emu.faults.closeConnections({ abrupt: true })
+        })).pipe(Effect.flip)
+      assert.strictEqual(error._tag, "ConnectionLost")
+      assert.isTrue(ServiceBusTransaction.isTransient(error))
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("events/Subscriptions/all"), empty)
+      // Nothing is lost: the message is still there, and comes back once its lock expires.
+      assert.strictEqual(yield* emu.faults.expireLocks("in"), 1)
+      const sb = yield* client(emu)
+      const [again] = yield* run(() => sb.createReceiver("in").receiveMessages(1, { maxWaitTimeInMs: 5000 }))
+      assert.strictEqual(again.body, "input")
+      // The session is gone with its connection: later operations fail fast, as transient errors.
+      const later = yield* tx.receive(1, { maxWait: "1 second" }).pipe(Effect.flip)
+      assert.strictEqual(later._tag, "ConnectionLost")
+    }))
+
+  it.scopedLive("a crash mid-transaction (connection killed while sending) loses and publishes nothing", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["input"])
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      // Every broker operation waits until the connection is killed.
+      yield* emu.faults.delay("10 seconds")
+      const fiber = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", out("a", "a"))
+        })).pipe(Effect.flip, Effect.fork)
+      yield* Effect.yieldNow()
+      yield* emu.faults.closeConnections({ abrupt: true })
+      yield* emu.faults.reset
+      const error = yield* Fiber.join(fiber)
+      assert.isTrue(ServiceBusTransaction.isTransient(error))
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      assert.strictEqual(yield* emu.faults.expireLocks("in"), 1)
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, active: 1 })
+    }))
+
+  it.scopedLive("more than 100 operations is TransactionTooLarge before anything is sent", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages({ body: "input" }))
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      const many = Array.from({ length: 100 }, (_, i) => out(i, `m-${i}`))
+      const error = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", many)
+        })).pipe(Effect.flip)
+      assert.strictEqual(error._tag, "TransactionTooLarge")
+      if (error._tag === "TransactionTooLarge") assert.strictEqual(error.operations, 101)
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+      // Exactly 100 fit.
+      yield* ServiceBusTransaction.run(
+        tx,
+        (t) => Effect.zipRight(t.complete(received), t.send("out", many.slice(0, 99)))
+      )
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), { ...empty, active: 99 })
+    }))
+
+  it.scopedLive("settling twice in one transaction is AlreadySettled", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages({ body: "input" }))
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      const error = yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.zipRight(t.complete(received), t.deadLetter(received, { reason: "bad" }))).pipe(Effect.flip)
+      assert.strictEqual(error._tag, "AlreadySettled")
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+    }))
+
+  it.scopedLive("dead-letters and defers in a transaction", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages([{ body: "dead" }, { body: "later" }]))
+      const tx = yield* session(emu)
+      const received = yield* tx.receive(2, { maxWait: "5 seconds" })
+      assert.strictEqual(received.length, 2)
+      yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.zipRight(
+          t.deadLetter(received[0], { reason: "Invalid", description: "not an order" }),
+          t.defer(received[1])
+        ))
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, deferred: 1, deadLettered: 1 })
+      const [dead] = yield* run(() =>
+        sb.createReceiver("in", { subQueueType: "deadLetter" }).receiveMessages(1, { maxWaitTimeInMs: 5000 })
+      )
+      assert.strictEqual(dead.body, "dead")
+      assert.strictEqual(dead.deadLetterReason, "Invalid")
+      assert.strictEqual(dead.deadLetterErrorDescription, "not an order")
+    }))
+
+  it.scopedLive("processes a subscription: its topic is the via entity, sends go to other entities", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("events").sendMessages({ body: "event" }))
+      const tx = yield* ServiceBusTransaction.makeSession({
+        connection: { connectionString: emu.connectionString },
+        entity: MessageReceiver.subscription("events", "all"),
+        destinations: ["out"]
+      })
+      assert.strictEqual(tx.viaEntity, "events")
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      assert.strictEqual(received.entity, "events/Subscriptions/all")
+      yield* ServiceBusTransaction.run(
+        tx,
+        (t) => Effect.zipRight(t.complete(received), t.send("out", out("projected", "p-1")))
+      )
+      assert.deepStrictEqual(yield* emu.admin.counts("events/Subscriptions/all"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), { ...empty, active: 1 })
+    }))
+
+  it.scopedLive("sends with a message id that the SDK reads back, with its properties", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      const sb = yield* client(emu)
+      const tx = yield* session(emu)
+      yield* ServiceBusTransaction.run(tx, (t) =>
+        t.send("out", {
+          body: { orderId: 7 },
+          messageId: Message.idFromMessage("m-1", 0),
+          subject: "OrderPlaced",
+          correlationId: "c-1",
+          causationId: "m-1",
+          applicationProperties: { region: "eu" }
+        }))
+      const [got] = yield* run(() =>
+        sb.createReceiver("out", { receiveMode: "receiveAndDelete" }).receiveMessages(1, { maxWaitTimeInMs: 5000 })
+      )
+      assert.strictEqual(got.messageId, Message.idFromMessage("m-1", 0))
+      assert.strictEqual(got.subject, "OrderPlaced")
+      assert.strictEqual(got.correlationId, "c-1")
+      assert.strictEqual(got.applicationProperties?.region, "eu")
+      assert.strictEqual(got.applicationProperties?.causationId, "m-1")
+    }))
+
+  it.scopedLive("authenticates with a TokenCredential (JWT over CBS)", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator({ ...entities, sharedAccessKey: "secret-key" })
+      const sb = yield* client(emu)
+      yield* run(() => sb.createSender("in").sendMessages({ body: "input" }))
+      const scopes: Array<string | ReadonlyArray<string>> = []
+      const credential: TokenCredential = {
+        getToken: (scope) => {
+          scopes.push(scope)
+          return Promise.resolve<AccessToken>({ token: fakeJwt(), expiresOnTimestamp: Date.now() + 3_600_000 })
+        }
+      }
+      const tx = yield* ServiceBusTransaction.makeSession({
+        connection: { fullyQualifiedNamespace: `127.0.0.1:${emu.port}`, credential, useDevelopmentEmulator: true },
+        entity: MessageReceiver.queue("in"),
+        destinations: ["out"]
+      })
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      yield* ServiceBusTransaction.run(tx, (t) => Effect.zipRight(t.complete(received), t.send("out", out("a", "a"))))
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), { ...empty, active: 1 })
+      assert.include(scopes, "https://servicebus.azure.net/.default")
+    }))
+
+  it.scopedLive("a wrong SAS key is refused with Unauthorized", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator({ ...entities, sharedAccessKey: "secret-key" })
+      const wrong = Redacted.make(Redacted.value(emu.connectionString).replace("secret-key", "wrong-key"))
+      const error = yield* ServiceBusTransaction.makeSession({
+        connection: { connectionString: wrong },
+        entity: MessageReceiver.queue("in")
+      }).pipe(Effect.flip)
+      assert.strictEqual(error._tag, "Unauthorized")
+    }))
+})
+
+const fakeJwt = (): string => {
+  const part = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url")
+  return `${part({ alg: "none", typ: "JWT" })}.${part({ aud: "https://servicebus.azure.net" })}.signature`
+}
