@@ -108,3 +108,38 @@ export * as ServiceBusError from "./ServiceBusError.js"
  * @since 0.1.0
  */
 export * as ServiceBusTransaction from "./ServiceBusTransaction.js"
+
+/**
+ * Pure projections: fold events into one document, idempotently by per-stream positions.
+ *
+ * @since 0.1.0
+ */
+export * as Projection from "./Projection.js"
+
+/**
+ * The projection store port: one document per id, one conditional write per update.
+ *
+ * @since 0.1.0
+ */
+export * as ProjectionStore from "./ProjectionStore.js"
+
+/**
+ * The typed failures of projections and projection stores.
+ *
+ * @since 0.1.0
+ */
+export * as ProjectionError from "./ProjectionError.js"
+
+/**
+ * The projection store on Azure Table Storage.
+ *
+ * @since 0.1.0
+ */
+export * as AzureTableProjectionStore from "./AzureTableProjectionStore.js"
+
+/**
+ * Runs projections: applies one recorded event, or rebuilds a projection from the event store.
+ *
+ * @since 0.1.0
+ */
+export * as Projector from "./Projector.js"

@@ -1,0 +1,349 @@
+import { Clock, Effect, Either, Metric, Option, Schedule, Stream } from "effect"
+import type { EventCodec } from "../EventCodec.js"
+import type { RecordedEvent } from "../EventStore.js"
+import { EventStore } from "../EventStore.js"
+import type { DecodeError } from "../EventStoreError.js"
+import * as Projection from "../Projection.js"
+import type { DocumentConflict } from "../ProjectionError.js"
+import { DocumentDecodeError, InvalidDocumentId, ProjectionGap } from "../ProjectionError.js"
+import type { ProjectionStoreService, Revision } from "../ProjectionStore.js"
+import { ProjectionStore } from "../ProjectionStore.js"
+import type * as Api from "../Projector.js"
+
+type Tagged = { readonly _tag: string }
+
+export const defaultConflictRetry: Schedule.Schedule<unknown, unknown> = Schedule.exponential("10 millis").pipe(
+  // `union` keeps the shorter delay: the backoff grows to 200 ms and stays there.
+  Schedule.union(Schedule.spaced("200 millis")),
+  // Writers that collided once would collide again at the same instants without jitter.
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(10))
+)
+
+export const updates = Metric.counter("effect_eventually_projection_updates", {
+  description: "Events applied to projection documents",
+  incremental: true
+})
+
+export const duplicates = Metric.counter("effect_eventually_projection_duplicates", {
+  description: "Events skipped because their document had already applied them",
+  incremental: true
+})
+
+// Tagged counters, made once per projection: tagging allocates a new metric key every time.
+const taggedCounters = new Map<
+  string,
+  { readonly updates: Metric.Metric.Counter<number>; readonly duplicates: Metric.Metric.Counter<number> }
+>()
+
+const countersOf = (projection: string) => {
+  let counters = taggedCounters.get(projection)
+  if (counters === undefined) {
+    counters = {
+      updates: Metric.tagged(updates, "projection", projection),
+      duplicates: Metric.tagged(duplicates, "projection", projection)
+    }
+    taggedCounters.set(projection, counters)
+  }
+  return counters
+}
+
+/** Document ids starting with this are the projector's own (the rebuild checkpoint). */
+export const reservedPrefix = "~"
+
+export const checkpointId = "~rebuild"
+
+interface Item<Event> {
+  readonly event: Event
+  readonly position: Projection.Position
+}
+
+interface Outcome<State> {
+  readonly state: State
+  readonly applied: number
+  readonly skipped: number
+  readonly lastApplied: number
+  readonly revision: Revision | undefined
+}
+
+const isConflict = (error: { readonly _tag: string }): error is DocumentConflict => error._tag === "DocumentConflict"
+
+// Reads the document, applies the items in order, and writes it back once, conditionally; on a
+// conflict, all of it again under the schedule. Items already applied are skipped by their
+// positions, so a retry after an unknown outcome (the write landed, its answer did not) applies
+// nothing twice.
+const applyToDocument = <Event, State>(
+  store: ProjectionStoreService,
+  projection: Projection.Projection<Event, State>,
+  documentId: string,
+  items: ReadonlyArray<Item<Event>>,
+  gaps: Projection.GapPolicy,
+  retry: Schedule.Schedule<unknown, DocumentConflict>
+): Effect.Effect<Outcome<State>, Api.ApplyError> => {
+  const name = projection.name
+  const attempt: Effect.Effect<
+    Either.Either<Outcome<State>, Exclude<Api.ApplyError, DocumentConflict>>,
+    DocumentConflict
+  > = Effect.gen(function*() {
+    const stored = yield* store.get(name, documentId)
+    let document: Projection.Document<State>
+    if (Option.isSome(stored)) {
+      const state = projection.decodeState(stored.value.state)
+      if (Either.isLeft(state)) {
+        return yield* Effect.fail(new DocumentDecodeError({ projection: name, documentId, reason: state.left }))
+      }
+      document = { state: state.right, positions: stored.value.positions }
+    } else {
+      document = Projection.empty(projection)
+    }
+    let applied = 0
+    let skipped = 0
+    let lastApplied = 0
+    for (const item of items) {
+      const result = Projection.apply(projection, document, item.event, item.position, { gaps })
+      if (result._tag === "Updated") {
+        document = result.document
+        applied++
+      } else if (result._tag === "Unchanged") {
+        skipped++
+        lastApplied = result.lastApplied
+      } else {
+        return yield* Effect.fail(
+          new ProjectionGap({
+            projection: name,
+            documentId,
+            streamId: item.position.streamId,
+            version: item.position.version,
+            lastApplied: result.lastApplied
+          })
+        )
+      }
+    }
+    const revision = Option.isSome(stored) ? stored.value.revision : undefined
+    if (applied === 0) {
+      return Either.right({ state: document.state, applied, skipped, lastApplied, revision })
+    }
+    const written = yield* store.put(
+      name,
+      documentId,
+      { state: projection.encodeState(document.state), positions: document.positions },
+      revision ?? "new"
+    )
+    return Either.right({ state: document.state, applied, skipped, lastApplied, revision: written })
+  }).pipe(
+    Effect.catchAll((error) => isConflict(error) ? Effect.fail(error) : Effect.succeed(Either.left(error)))
+  )
+  return attempt.pipe(
+    Effect.retry(retry),
+    Effect.flatten,
+    Effect.tap((outcome) => {
+      const counters = countersOf(name)
+      return Effect.zipRight(
+        outcome.applied === 0 ? Effect.void : Metric.incrementBy(counters.updates, outcome.applied),
+        outcome.skipped === 0 ? Effect.void : Metric.incrementBy(counters.duplicates, outcome.skipped)
+      )
+    })
+  )
+}
+
+const checkDocumentId = (projection: string, documentId: string): Effect.Effect<string, InvalidDocumentId> =>
+  documentId.startsWith(reservedPrefix)
+    ? Effect.fail(
+      new InvalidDocumentId({
+        projection,
+        documentId,
+        reason: `document ids starting with "${reservedPrefix}" are reserved for the projector`
+      })
+    )
+    : Effect.succeed(documentId)
+
+export const project = <Event extends Tagged, State>(
+  projection: Projection.Projection<Event, State>,
+  codec: EventCodec<Event>,
+  recorded: RecordedEvent,
+  options: Api.ProjectOptions = {}
+): Effect.Effect<Api.ProjectResult<State>, Api.ProjectError, ProjectionStore> =>
+  Effect.suspend((): Effect.Effect<Api.ProjectResult<State>, Api.ProjectError, ProjectionStore> => {
+    const decoded = codec.decodeEither(recorded)
+    if (Either.isLeft(decoded)) return Effect.fail<DecodeError>(decoded.left)
+    const event = decoded.right
+    const documentId = projection.documentId(event)
+    if (documentId === undefined) return Effect.succeed({ _tag: "Ignored" })
+    const position = { streamId: recorded.streamId, version: recorded.version }
+    return Effect.flatMap(ProjectionStore, (store) =>
+      checkDocumentId(projection.name, documentId).pipe(
+        Effect.zipRight(
+          applyToDocument(
+            store,
+            projection,
+            documentId,
+            [{ event, position }],
+            options.gaps ?? Projection.defaultGapPolicy,
+            options.retry ?? defaultConflictRetry
+          )
+        ),
+        Effect.map((outcome): Api.ProjectResult<State> =>
+          outcome.applied === 0
+            ? { _tag: "Skipped", documentId, lastApplied: outcome.lastApplied }
+            : { _tag: "Updated", documentId, state: outcome.state, revision: outcome.revision as Revision }
+        ),
+        Effect.tap((result) => Effect.annotateCurrentSpan("outcome", result._tag)),
+        Effect.withSpan("Projection.apply", {
+          captureStackTrace: false,
+          attributes: {
+            projection: projection.name,
+            documentId,
+            streamId: recorded.streamId,
+            version: recorded.version
+          }
+        })
+      ))
+  })
+
+// Rebuild
+
+interface Checkpoint {
+  /** How many streams of the list, from its start, are fully applied. */
+  readonly completed: number
+  readonly lastCompleted: string | null
+  readonly finished: boolean
+}
+
+const readCheckpoint = (
+  store: ProjectionStoreService,
+  projection: string
+): Effect.Effect<{ readonly checkpoint: Checkpoint; readonly revision: Revision | "new" }, Api.RebuildError> =>
+  Effect.flatMap(store.get(projection, checkpointId), (stored): Effect.Effect<
+    { readonly checkpoint: Checkpoint; readonly revision: Revision | "new" },
+    Api.RebuildError
+  > => {
+    if (Option.isNone(stored)) {
+      return Effect.succeed({
+        checkpoint: { completed: 0, lastCompleted: null, finished: false },
+        revision: "new" as const
+      })
+    }
+    const state = stored.value.state
+    const valid = typeof state === "object" && state !== null && "completed" in state &&
+      typeof state.completed === "number" && "lastCompleted" in state &&
+      (typeof state.lastCompleted === "string" || state.lastCompleted === null) && "finished" in state &&
+      typeof state.finished === "boolean"
+    return valid
+      ? Effect.succeed({ checkpoint: state as Checkpoint, revision: stored.value.revision })
+      : Effect.fail(
+        new DocumentDecodeError({ projection, documentId: checkpointId, reason: "not a rebuild checkpoint" })
+      )
+  })
+
+export const rebuild = <Event extends Tagged, State, E = never, R = never>(
+  projection: Projection.Projection<Event, State>,
+  codec: EventCodec<Event>,
+  options: Api.RebuildOptions<E, R>
+): Effect.Effect<Api.RebuildProgress, Api.RebuildError | E, EventStore | R> =>
+  Effect.gen(function*() {
+    const events = yield* EventStore
+    const target = options.target
+    const name = projection.name
+    const retry = options.retry ?? defaultConflictRetry
+    const checkpointEvery = Math.max(1, Math.floor(options.checkpointEvery ?? 10))
+    const streams: Stream.Stream<string, E, R> = Array.isArray(options.streams)
+      ? Stream.fromIterable(options.streams as ReadonlyArray<string>)
+      : options.streams as Stream.Stream<string, E, R>
+    const total = Array.isArray(options.streams) ? options.streams.length : options.total
+
+    let { checkpoint, revision } = yield* readCheckpoint(target, name)
+    const startedAt = yield* Clock.currentTimeMillis
+    let eventsRead = 0
+    let eventsApplied = 0
+    let index = 0
+    let completed = checkpoint.completed
+    let lastStream: string | null = checkpoint.lastCompleted
+    const resumedFrom = checkpoint.completed
+
+    const progress = (done: boolean): Effect.Effect<Api.RebuildProgress> =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const seconds = (now - startedAt) / 1000
+        return {
+          projection: name,
+          streamsCompleted: completed,
+          streamsTotal: total,
+          resumedFrom,
+          eventsRead,
+          eventsApplied,
+          eventsPerSecond: seconds > 0 ? eventsRead / seconds : 0,
+          percentage: total === undefined || total === 0
+            ? (done ? 100 : undefined)
+            : Math.min(100, (100 * completed) / total),
+          lastStream,
+          done
+        }
+      })
+    const report = (done: boolean) =>
+      options.onProgress === undefined ? Effect.void : Effect.flatMap(progress(done), options.onProgress)
+
+    const saveCheckpoint = (finished: boolean) =>
+      Effect.gen(function*() {
+        const next: Checkpoint = { completed, lastCompleted: lastStream, finished }
+        revision = yield* target.put(name, checkpointId, { state: next, positions: {} }, revision)
+        checkpoint = next
+      })
+
+    if (checkpoint.finished) return yield* progress(true)
+
+    // Streams before the checkpoint are skipped, if the list still starts the same way; otherwise
+    // the rebuild starts over, and the positions make every event already applied a no-op.
+    let skipping = checkpoint.completed
+    if (skipping > 0 && Array.isArray(options.streams)) {
+      const list = options.streams as ReadonlyArray<string>
+      if (list[skipping - 1] !== checkpoint.lastCompleted) {
+        yield* Effect.logWarning("The rebuild checkpoint does not match the list of streams; starting over").pipe(
+          Effect.annotateLogs({ projection: name, lastCompleted: checkpoint.lastCompleted })
+        )
+        skipping = 0
+        completed = 0
+      }
+    }
+
+    const replay = (streamId: string) =>
+      Effect.gen(function*() {
+        const recorded = yield* events.read(streamId)
+        // Grouped by document in first-seen order: each document is read and written once per
+        // stream, with its events applied in version order.
+        const groups = new Map<string, Array<Item<Event>>>()
+        for (const record of recorded) {
+          const decoded = codec.decodeEither(record)
+          if (Either.isLeft(decoded)) return yield* Effect.fail(decoded.left)
+          const documentId = projection.documentId(decoded.right)
+          if (documentId === undefined) continue
+          yield* checkDocumentId(name, documentId)
+          let group = groups.get(documentId)
+          if (group === undefined) {
+            group = []
+            groups.set(documentId, group)
+          }
+          group.push({ event: decoded.right, position: { streamId, version: record.version } })
+        }
+        for (const [documentId, items] of groups) {
+          // A stream is read whole and in order, so nothing can arrive late: an event past a gap
+          // (the stream's other events went to other documents) is applied.
+          const outcome = yield* applyToDocument(target, projection, documentId, items, "apply", retry)
+          eventsApplied += outcome.applied
+        }
+        eventsRead += recorded.length
+      }).pipe(Effect.withSpan("Projector.rebuildStream", { attributes: { projection: name, streamId } }))
+
+    yield* Stream.runForEach(streams, (streamId) =>
+      Effect.gen(function*() {
+        index++
+        if (index <= skipping) return
+        yield* replay(streamId)
+        completed = index
+        lastStream = streamId
+        if (completed % checkpointEvery === 0) yield* saveCheckpoint(false)
+        yield* report(false)
+      }))
+    yield* saveCheckpoint(true)
+    const final = yield* progress(true)
+    if (options.onProgress !== undefined) yield* options.onProgress(final)
+    return final
+  }).pipe(Effect.withSpan("Projector.rebuild", { attributes: { projection: projection.name } }))
