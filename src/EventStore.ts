@@ -107,6 +107,8 @@ export interface LoadedStream {
 }
 
 /**
+ * The range of versions a read returns.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -118,6 +120,8 @@ export interface ReadOptions {
 }
 
 /**
+ * Options of a load.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -127,6 +131,8 @@ export interface LoadOptions {
 }
 
 /**
+ * Options of an append.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -136,6 +142,8 @@ export interface AppendOptions {
 }
 
 /**
+ * What an append returns: the new version and the events as stored.
+ *
  * @since 0.1.0
  * @category models
  */

@@ -46,12 +46,16 @@ export type Source =
   }
 
 /**
+ * A queue to receive from.
+ *
  * @since 0.1.0
  * @category constructors
  */
 export const queue = (name: string): Source => ({ _tag: "Queue", queue: name, deadLetter: false })
 
 /**
+ * A topic subscription to receive from.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -103,12 +107,16 @@ export type Settlement =
   | { readonly _tag: "Defer"; readonly properties?: Properties }
 
 /**
+ * Settles a delivery by completing it: the message is removed.
+ *
  * @since 0.1.0
  * @category constructors
  */
 export const complete: Settlement = { _tag: "Complete" }
 
 /**
+ * Settles a delivery by abandoning it: the lock is released and the delivery count goes up.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -116,6 +124,8 @@ export const abandon = (properties?: Properties): Settlement =>
   properties === undefined ? { _tag: "Abandon" } : { _tag: "Abandon", properties }
 
 /**
+ * Settles a delivery by moving it to the dead-letter queue, with a reason and a description.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -126,6 +136,8 @@ export const deadLetter = (options: {
 }): Settlement => ({ _tag: "DeadLetter", ...options })
 
 /**
+ * Settles a delivery by deferring it: it can be received again by its sequence number only.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -171,6 +183,8 @@ export interface LockRenewalOptions {
 }
 
 /**
+ * Options of a receive: batch size, waiting time and lock renewal.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -184,6 +198,8 @@ export interface ReceiveOptions {
 }
 
 /**
+ * Options of a peek: how many messages, and from which sequence number.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -262,6 +278,8 @@ export const layerMemory: Layer.Layer<MessageReceiver, never, MemoryBroker> = La
 )
 
 /**
+ * Options of the Service Bus receiver.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -282,6 +300,8 @@ export const makeServiceBus = (
 ): Effect.Effect<MessageReceiverService, never, ServiceBusClient | Scope.Scope> => internalServiceBus.make(options)
 
 /**
+ * The receiver on Azure Service Bus, over the `ServiceBusClient` in context.
+ *
  * @since 0.1.0
  * @category layers
  */

@@ -26,6 +26,8 @@ import type { ServiceBusClient } from "./ServiceBusClient.js"
 import type { SendError, ServiceError, TransientError } from "./ServiceBusError.js"
 
 /**
+ * Options of a send.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -38,6 +40,8 @@ export interface SendOptions {
 }
 
 /**
+ * What a send returns: how many messages, in how many batches.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -109,6 +113,8 @@ export interface MemoryDuplicateDetectionOptions {
 }
 
 /**
+ * Options of an in-memory queue.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -117,6 +123,8 @@ export interface MemoryQueueOptions extends MemoryEntityOptions, MemoryDuplicate
 }
 
 /**
+ * Options of an in-memory topic subscription.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -125,6 +133,8 @@ export interface MemorySubscriptionOptions extends MemoryEntityOptions {
 }
 
 /**
+ * Options of an in-memory topic.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -180,6 +190,8 @@ export interface MemoryBrokerService {
 }
 
 /**
+ * The in-memory broker behind the memory sender and receiver, with inspection helpers for tests.
+ *
  * @since 0.1.0
  * @category testing
  */
@@ -224,6 +236,8 @@ export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<MessageSen
 // Service Bus
 
 /**
+ * Options of the Service Bus sender.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -249,6 +263,8 @@ export const makeServiceBus = (
 ): Effect.Effect<MessageSenderService, never, ServiceBusClient | Scope.Scope> => internalServiceBus.make(options)
 
 /**
+ * The sender on Azure Service Bus, over the `ServiceBusClient` in context.
+ *
  * @since 0.1.0
  * @category layers
  */

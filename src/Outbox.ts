@@ -36,6 +36,8 @@ import * as StreamId from "./StreamId.js"
 export type DispatchError = ReadError | EventStoreUnavailable | EventStoreFailure | SendError
 
 /**
+ * Options of the outbox: routing, batch size, concurrency, sweep, grace period and retries.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -91,6 +93,8 @@ export interface OutboxService {
 }
 
 /**
+ * The running outbox, as a service: sweep or dispatch on demand.
+ *
  * @since 0.1.0
  * @category services
  */

@@ -85,6 +85,8 @@ export interface PendingOptions {
 }
 
 /**
+ * Failures of the outbox store's writes.
+ *
  * @since 0.1.0
  * @category models
  */

@@ -46,6 +46,8 @@ export const defaultRetry: Schedule.Schedule<unknown, TransientError> = Schedule
 export const defaultOperationTimeout: Duration.Duration = Duration.seconds(60)
 
 /**
+ * Options of the client: a connection string, or a namespace with a credential.
+ *
  * @since 0.1.0
  * @category models
  */

@@ -159,6 +159,8 @@ export type Connection =
   }
 
 /**
+ * Options of a transactional session: the connection, the processed entity and the destinations.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -173,6 +175,8 @@ export interface SessionOptions {
 }
 
 /**
+ * Options of a receive on a transactional session.
+ *
  * @since 0.1.0
  * @category models
  */
