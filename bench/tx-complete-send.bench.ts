@@ -67,35 +67,63 @@ const ours = (n: number): Promise<number> =>
       destinations: ["out-tx"]
     })
     const started = performance.now()
-    yield* Effect.promise(() =>
-      workers(n, () =>
-        Effect.runPromise(Effect.gen(function*() {
-          const [message] = yield* session.receive(1, { maxWait: "5 seconds", maxWaitAfterFirst: 0 })
-          if (message === undefined) return false
-          yield* ServiceBusTransaction.run(session, (tx) =>
-            Effect.zipRight(
-              tx.complete(message),
-              tx.send("out-tx", { body, messageId: `out-${message.messageId}` })
-            ))
-          return true
-        })))
+    // The same work split as `workers`, with each worker one fiber, as an Effect program runs it.
+    let remaining = n
+    yield* Effect.all(
+      Array.from({ length: concurrency }, () =>
+        Effect.gen(function*() {
+          while (remaining > 0) {
+            remaining--
+            const [message] = yield* session.receive(1, { maxWait: "5 seconds", maxWaitAfterFirst: 0 })
+            if (message === undefined) {
+              remaining++
+              continue
+            }
+            yield* ServiceBusTransaction.run(session, (tx) =>
+              Effect.zipRight(
+                tx.complete(message),
+                tx.send("out-tx", { body, messageId: `out-${message.messageId}` })
+              ))
+          }
+        })),
+      { concurrency: "unbounded", discard: true }
     )
     return performance.now() - started
   })))
 
+// Each side runs `rounds` times, alternating, and keeps its best round: on a shared machine a
+// single round mostly measures the neighbours. CPU time (this process: clients and emulator) per
+// message is reported alongside, as it depends less on the machine's load.
+const rounds = Number(process.env.ROUNDS ?? 3)
+const measure = async (f: (n: number) => Promise<number>) => {
+  const cpu = process.cpuUsage()
+  const ms = await f(count)
+  const used = process.cpuUsage(cpu)
+  return { ms, cpuMicros: (used.user + used.system) / count }
+}
 await raw(warmup)
 await ours(warmup)
-const rawMs = await raw(count)
-const oursMs = await ours(count)
+const best = { raw: { ms: Infinity, cpuMicros: Infinity }, ours: { ms: Infinity, cpuMicros: Infinity } }
+for (let round = 0; round < rounds; round++) {
+  const r = await measure(raw)
+  const o = await measure(ours)
+  if (r.ms < best.raw.ms) best.raw = r
+  if (o.ms < best.ours.ms) best.ours = o
+}
 const rate = (ms: number) => (count * 1000) / ms
 const check = async (queue: string) => (await Effect.runPromise(emulator.admin.counts(queue))).active
 report(
   "tx-complete-send",
-  rate(oursMs) / rate(rawMs),
+  rate(best.ours.ms) / rate(best.raw.ms),
   ">=",
   0.5,
-  `${count} messages, concurrency ${concurrency}: transactional ${rate(oursMs).toFixed(0)} msg/s, ` +
-    `raw SDK complete-then-send ${rate(rawMs).toFixed(0)} msg/s; ` +
+  `${count} messages, concurrency ${concurrency}, best of ${rounds}: transactional ${
+    rate(best.ours.ms).toFixed(0)
+  } msg/s ` +
+    `(${best.ours.cpuMicros.toFixed(0)} us CPU/msg), raw SDK complete-then-send ${
+      rate(best.raw.ms).toFixed(0)
+    } msg/s ` +
+    `(${best.raw.cpuMicros.toFixed(0)} us CPU/msg); ` +
     `left in inputs ${await check("in-raw")}/${await check("in-tx")}, ` +
     `outputs ${await check("out-raw")}/${await check("out-tx")}`
 )

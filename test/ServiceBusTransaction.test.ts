@@ -313,6 +313,96 @@ describe("ServiceBusTransaction", () => {
     }))
 })
 
+describe("ServiceBusTransaction, concurrent transactions on one session", () => {
+  it.scopedLive("commit or roll back independently, with no cross-talk between them", () =>
+    Effect.gen(function*() {
+      const n = 8
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", Array.from({ length: n }, (_, i) => `m${i}`))
+      const tx = yield* session(emu)
+      const received: Array<Message.ReceivedMessage> = []
+      while (received.length < n) received.push(...(yield* tx.receive(n - received.length, { maxWait: "5 seconds" })))
+      // Every transaction has enlisted and flushed its work before any of them ends.
+      const flushed = yield* Deferred.make<void>()
+      let waiting = n
+      const results = yield* Effect.all(
+        received.map((message, i) =>
+          ServiceBusTransaction.run(tx, (t) =>
+            Effect.gen(function*() {
+              yield* t.complete(message)
+              yield* t.send("out", out(`out-${String(message.body)}`, `out-${i}`))
+              yield* t.flush
+              if (--waiting === 0) yield* Deferred.succeed(flushed, undefined)
+              yield* Deferred.await(flushed)
+              if (i % 2 === 1) return yield* Effect.fail(`body ${i} failed`)
+              return { id: t.id, body: message.body }
+            })).pipe(Effect.either)
+        ),
+        { concurrency: "unbounded" }
+      )
+      const committed = results.flatMap((r) => (r._tag === "Right" ? [r.right] : []))
+      assert.deepStrictEqual(
+        results.flatMap((r) => (r._tag === "Left" ? [r.left] : [])),
+        ["body 1 failed", "body 3 failed", "body 5 failed", "body 7 failed"]
+      )
+      assert.strictEqual(new Set(committed.map((c) => c.id)).size, n / 2)
+      // Exactly the committed transactions' sends and completions took effect.
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), { ...empty, active: n / 2 })
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: n / 2 })
+      const sb = yield* client(emu)
+      const sent = yield* receiveAll(
+        (k) =>
+          sb.createReceiver("out", { receiveMode: "receiveAndDelete" }).receiveMessages(k, { maxWaitTimeInMs: 1000 }),
+        n / 2
+      )
+      assert.deepStrictEqual(bodies(sent).sort(), committed.map((c) => `out-${String(c.body)}`).sort())
+      // The rolled-back messages come back once their locks expire, and can be processed again.
+      assert.strictEqual(yield* emu.faults.expireLocks("in"), n / 2)
+      const again: Array<Message.ReceivedMessage> = []
+      while (again.length < n / 2) again.push(...(yield* tx.receive(n / 2 - again.length, { maxWait: "5 seconds" })))
+      assert.deepStrictEqual(again.map((m) => m.body).sort(), ["m1", "m3", "m5", "m7"])
+      yield* Effect.all(again.map((m) => ServiceBusTransaction.run(tx, (t) => t.complete(m))), {
+        concurrency: "unbounded"
+      })
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), empty)
+    }))
+
+  it.scopedLive("many transactions in a row each get their own transaction id", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["a", "b", "c"])
+      const tx = yield* session(emu)
+      const ids: Array<string> = []
+      for (let i = 0; i < 3; i++) {
+        const [message] = yield* tx.receive(1, { maxWait: "5 seconds" })
+        ids.push(yield* ServiceBusTransaction.run(tx, (t) => Effect.as(t.complete(message), t.id)))
+      }
+      assert.strictEqual(new Set(ids).size, 3)
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), empty)
+    }))
+
+  it.scopedLive("concurrent receives share the link: each message goes to exactly one of them", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", Array.from({ length: 6 }, (_, i) => `m${i}`))
+      const tx = yield* session(emu)
+      const batches = yield* Effect.all(
+        Array.from({ length: 3 }, () => tx.receive(2, { maxWait: "5 seconds", maxWaitAfterFirst: "1 second" })),
+        { concurrency: "unbounded" }
+      )
+      const all = batches.flat()
+      assert.strictEqual(all.length, 6)
+      assert.strictEqual(new Set(all.map((m) => m.lockToken)).size, 6)
+      // An interrupted receive loses nothing: what it had taken goes to the next receive.
+      const waiting = yield* Effect.fork(tx.receive(5, { maxWait: "5 seconds", maxWaitAfterFirst: "5 seconds" }))
+      yield* seed(emu, "in", ["late"])
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(waiting)
+      const [late] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      assert.strictEqual(late.body, "late")
+    }))
+})
+
 const fakeJwt = (): string => {
   const part = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url")
   return `${part({ alg: "none", typ: "JWT" })}.${part({ aud: "https://servicebus.azure.net" })}.signature`

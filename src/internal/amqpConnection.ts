@@ -45,6 +45,11 @@ export interface AmqpConnection {
   /** Fails with `ConnectionLost` once the connection has dropped or been closed by the peer. */
   readonly lost: Effect.Effect<never, ConnectionLost>
   readonly isLost: () => boolean
+  /**
+   * Calls `f` once with the error when the connection is lost (at once when it already is);
+   * returns a function that stops listening. For waits written as callbacks, with no fiber.
+   */
+  readonly onLost: (f: (error: ConnectionLost) => void) => () => void
 }
 
 interface Credentials {
@@ -172,6 +177,11 @@ const awaitSessionOpen = (session: Session) =>
     return Effect.sync(cleanup)
   })
 
+const setNoDelay = (connection: RheaConnection): void => {
+  const socket = (connection as unknown as { readonly socket?: { setNoDelay?: (noDelay: boolean) => unknown } }).socket
+  if (typeof socket?.setNoDelay === "function") socket.setNoDelay(true)
+}
+
 // Refresh a token this long before it expires, as the SDK does.
 const refreshMargin = Duration.minutes(5)
 
@@ -222,18 +232,33 @@ export const make = (
       return yield* failure("rhea-promise no longer exposes its rhea connection as _connection")
     }
     const connection = raw as unknown as RheaConnection
+    // rhea leaves Nagle's algorithm on for client sockets: a transaction's writes (declare,
+    // transfers and dispositions, discharge) would wait for the peer's delayed ACKs.
+    setNoDelay(connection)
 
     const lostSignal = yield* Deferred.make<never, ConnectionLost>()
     let isLost = false
+    let lostError: ConnectionLost | undefined
+    const lostListeners = new Set<(error: ConnectionLost) => void>()
     const onLost = (reason: string, code?: string) => {
       if (isLost) return
       isLost = true
-      Deferred.unsafeDone(
-        lostSignal,
-        Effect.fail(
-          new ConnectionLost({ operation: "transaction", reason, ...(code === undefined ? {} : { code }) })
-        )
-      )
+      const error = new ConnectionLost({ operation: "transaction", reason, ...(code === undefined ? {} : { code }) })
+      lostError = error
+      Deferred.unsafeDone(lostSignal, Effect.fail(error))
+      const listeners = [...lostListeners]
+      lostListeners.clear()
+      for (const listener of listeners) listener(error)
+    }
+    const subscribeLost = (f: (error: ConnectionLost) => void): () => void => {
+      if (lostError !== undefined) {
+        f(lostError)
+        return () => undefined
+      }
+      lostListeners.add(f)
+      return () => {
+        lostListeners.delete(f)
+      }
     }
     const onDisconnected = (ctx: EventContext) => {
       const error = ctx.error as { message?: string; code?: string } | undefined
@@ -337,6 +362,7 @@ export const make = (
       authorize,
       openSession,
       lost,
-      isLost: () => isLost
+      isLost: () => isLost,
+      onLost: subscribeLost
     }
   })

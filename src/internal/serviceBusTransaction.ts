@@ -2,8 +2,10 @@
 // extension hooks that session's frames): coordinator first, then the receiver on the via entity,
 // then senders. Enlisted operations are buffered and written together at `flush`, so a
 // transaction that would exceed the limit fails before any of its work is on the wire, and the
-// operations are pipelined instead of paid for one round trip at a time.
-import { Cause, Chunk, Duration, Effect, Either, Exit, Option, Queue, Scope } from "effect"
+// operations are pipelined instead of paid for one round trip at a time. Every wire operation
+// is a callback wait (`awaitCallback`) with its own timer and connection-lost listener, so many
+// transactions can be in flight on the session without a fiber per operation.
+import { Cause, Duration, Effect, Either, Exit, Scope } from "effect"
 import type { Delivery, EventContext, Message as RheaMessage, Receiver, Sender } from "rhea"
 import rhea from "rhea"
 import type { OutgoingMessage, Properties, ReceivedMessage } from "../Message.js"
@@ -25,6 +27,7 @@ import {
   TransactionTimeout,
   TransactionTooLarge
 } from "../ServiceBusTransaction.js"
+import { awaitCallback, type Start } from "./amqp/callbackWait.js"
 import * as Coordinator from "./amqp/coordinator.js"
 import { sendTransactional, TransactionEvents, verifyTransactionSupport } from "./amqp/transactionalTransfer.js"
 import {
@@ -35,6 +38,8 @@ import {
   type DeliveryState,
   deliveryState,
   describeState,
+  encodeDeclare,
+  encodeDischarge,
   modified,
   type Outcome,
   rejected,
@@ -222,46 +227,84 @@ const linkClosedError = (link: Sender | Receiver, operation: string, entity: str
     : AmqpConnection.serviceError(operation, entity)(error)
 }
 
-/** Waits until Service Bus answers for `delivery` (a state, or settlement). */
-const awaitAnswer = (
+// Operations waiting for an answer, by link and delivery. Each link gets one listener per event,
+// whatever the number of operations in flight on it.
+interface Waiter {
+  readonly operation: string
+  readonly entity: string
+  readonly onAnswer: (answer: Either.Either<DeliveryState, ServiceError>) => void
+}
+const waitersByLink = new WeakMap<Sender | Receiver, Map<Delivery, Waiter>>()
+
+const waitersOf = (link: Sender | Receiver, events: ReadonlyArray<string>): Map<Delivery, Waiter> => {
+  let waiters = waitersByLink.get(link)
+  if (waiters !== undefined) return waiters
+  const map = new Map<Delivery, Waiter>()
+  waiters = map
+  waitersByLink.set(link, map)
+  const onEvent = (ctx: EventContext) => {
+    const delivery = ctx.delivery
+    if (delivery === undefined) return
+    const waiter = map.get(delivery)
+    if (waiter === undefined) return
+    const { entity, operation } = waiter
+    if (delivery.remote_state === undefined || delivery.remote_state === null) {
+      if (delivery.remote_settled) {
+        answer(
+          delivery,
+          Either.left(new ServiceBusUnavailable({ operation, entity, reason: "settled without an outcome" }))
+        )
+      }
+      return
+    }
+    const state = decodeDeliveryState(delivery.remote_state)
+    answer(
+      delivery,
+      Either.isLeft(state)
+        ? Either.left(
+          new ServiceBusUnavailable({ operation, entity, reason: `unreadable outcome: ${state.left.reason}` })
+        )
+        : Either.right(state.right)
+    )
+  }
+  const answer = (delivery: Delivery, result: Either.Either<DeliveryState, ServiceError>) => {
+    const waiter = map.get(delivery)
+    if (waiter === undefined) return
+    map.delete(delivery)
+    waiter.onAnswer(result)
+  }
+  const onClose = () => {
+    const all = [...map]
+    map.clear()
+    for (const [, waiter] of all) waiter.onAnswer(Either.left(linkClosedError(link, waiter.operation, waiter.entity)))
+  }
+  for (const e of events) link.on(e, onEvent)
+  for (const e of link.is_sender() ? ["sender_close", "sender_error"] : ["receiver_close", "receiver_error"]) {
+    link.on(e, onClose)
+  }
+  return waiters
+}
+
+/**
+ * Listens until Service Bus answers for `delivery` (a state, or settlement) on `link`, or the
+ * link closes, and calls `onAnswer` once; returns a function that stops listening. `events` are
+ * the link's events that carry answers (the same for every call on one link).
+ */
+const listenAnswer = (
   link: Sender | Receiver,
   delivery: Delivery,
   events: ReadonlyArray<string>,
   operation: string,
-  entity: string
-): Effect.Effect<DeliveryState, ServiceError> =>
-  Effect.async<DeliveryState, ServiceError>((resume) => {
-    const onEvent = (ctx: EventContext) => {
-      if (ctx.delivery !== delivery) return
-      if (delivery.remote_state === undefined || delivery.remote_state === null) {
-        if (delivery.remote_settled) {
-          finish(Effect.fail(new ServiceBusUnavailable({ operation, entity, reason: "settled without an outcome" })))
-        }
-        return
-      }
-      const state = decodeDeliveryState(delivery.remote_state)
-      finish(
-        Either.isLeft(state)
-          ? Effect.fail(
-            new ServiceBusUnavailable({ operation, entity, reason: `unreadable outcome: ${state.left.reason}` })
-          )
-          : Effect.succeed(state.right)
-      )
-    }
-    const onClose = () => finish(Effect.fail(linkClosedError(link, operation, entity)))
-    const closeEvents = link.is_sender() ? ["sender_close", "sender_error"] : ["receiver_close", "receiver_error"]
-    const finish = (result: Effect.Effect<DeliveryState, ServiceError>) => {
-      cleanup()
-      resume(result)
-    }
-    const cleanup = () => {
-      for (const e of events) link.removeListener(e, onEvent)
-      for (const e of closeEvents) link.removeListener(e, onClose)
-    }
-    for (const e of events) link.on(e, onEvent)
-    for (const e of closeEvents) link.on(e, onClose)
-    return Effect.sync(cleanup)
-  })
+  entity: string,
+  onAnswer: (answer: Either.Either<DeliveryState, ServiceError>) => void
+): () => void => {
+  const waiters = waitersOf(link, events)
+  const waiter: Waiter = { operation, entity, onAnswer }
+  waiters.set(delivery, waiter)
+  return () => {
+    if (waiters.get(delivery) === waiter) waiters.delete(delivery)
+  }
+}
 
 const senderEvents = [
   "accepted",
@@ -299,16 +342,20 @@ const awaitAttach = <L extends Sender | Receiver>(link: L, operation: string, en
     return Effect.sync(cleanup)
   })
 
-const awaitSendable = (sender: Sender): Effect.Effect<void> =>
-  sender.sendable() ? Effect.void : Effect.async<void>((resume) => {
-    const onSendable = () => {
-      if (!sender.sendable()) return
-      sender.removeListener("sendable", onSendable)
-      resume(Effect.void)
-    }
-    sender.on("sendable", onSendable)
-    return Effect.sync(() => sender.removeListener("sendable", onSendable))
-  })
+/** Calls `f` once `sender` has credit (at once when it has); returns a function that stops waiting. */
+const whenSendable = (sender: Sender, f: () => void): () => void => {
+  if (sender.sendable()) {
+    f()
+    return () => undefined
+  }
+  const onSendable = () => {
+    if (!sender.sendable()) return
+    sender.removeListener("sendable", onSendable)
+    f()
+  }
+  sender.on("sendable", onSendable)
+  return () => sender.removeListener("sendable", onSendable)
+}
 
 // ---------------------------------------------------------------------------------------------
 // The session
@@ -321,9 +368,24 @@ interface SessionInternals {
   readonly deliveries: Map<string, Delivery>
   readonly sender: (destination: string) => Effect.Effect<Sender, ServiceError>
   readonly guard: <A, E, R>(effect: Effect.Effect<A, E, R>, operation: string) => Effect.Effect<A, E | ServiceError, R>
+  /**
+   * Runs one wire operation written as callbacks (see `awaitCallback`): fails with
+   * `ConnectionLost` when the connection drops and with `OperationTimeout` after the session's
+   * operation timeout (`timeoutReason` for its reason, when given).
+   */
+  readonly wire: <A, E>(
+    start: Start<A, E>,
+    operation: () => string,
+    timeoutReason?: string
+  ) => Effect.Effect<A, E | ServiceError>
+  /** Starts getting a declared transaction: the one declared ahead when there is one. */
+  readonly declare: Start<Buffer, Coordinator.CoordinatorError>
 }
 
 const creditOf = (receiver: Receiver): number => (receiver as unknown as { readonly credit: number }).credit
+
+/** A transaction declared ahead is used only this long after its declare; older ones are rolled back. */
+const spareMaxAgeMillis = 60_000
 
 const internals = new WeakMap<Api.TransactionalSession, SessionInternals>()
 
@@ -359,6 +421,22 @@ export const makeSession = (
           )
       )
 
+    const wire = <A, E>(
+      start: Start<A, E>,
+      operation: () => string,
+      timeoutReason?: string
+    ): Effect.Effect<A, E | ServiceError> =>
+      awaitCallback<A, E, ServiceError, ServiceError>(start, {
+        timeout: operationTimeout,
+        onTimeout: () =>
+          new OperationTimeout({
+            operation: operation(),
+            entity,
+            reason: timeoutReason ?? `no answer within ${Duration.format(operationTimeout)}`
+          }),
+        onLost: connection.onLost
+      })
+
     yield* connection.authorize(entity)
     for (const destination of options.destinations ?? []) yield* connection.authorize(destination)
 
@@ -378,7 +456,10 @@ export const makeSession = (
 
     // The receiver is the first entity link: it makes `entity` (its topic, for a subscription)
     // the via entity of the session.
-    const queue = yield* Queue.unbounded<ReceivedMessage>()
+    // Messages received and not yet handed out, and the receive calls waiting for them (first
+    // come, first served).
+    const buffered: Array<ReceivedMessage> = []
+    const waiting = new Set<(message: ReceivedMessage) => void>()
     const deliveries = new Map<string, Delivery>()
     const receiver = yield* Effect.acquireRelease(
       Effect.suspend(() => {
@@ -395,7 +476,9 @@ export const makeSession = (
           if (ctx.delivery === undefined || ctx.message === undefined) return
           const received = toReceived(entity, ctx.message, ctx.delivery)
           deliveries.set(received.lockToken!, ctx.delivery)
-          Queue.unsafeOffer(queue, received)
+          const [waiter] = waiting
+          if (waiter === undefined) buffered.push(received)
+          else waiter(received)
         })
         return guard(awaitAttach(link, "attach receiver", entity), "attach receiver")
       }),
@@ -442,35 +525,128 @@ export const makeSession = (
 
     let wanted = 0
     const receive = (maxMessages: number, receiveOptions: Api.ReceiveOptions = {}) =>
-      Effect.gen(function*() {
+      Effect.suspend(() => {
         const max = Math.max(1, Math.floor(maxMessages))
-        const maxWait = Duration.decode(receiveOptions.maxWait ?? Duration.seconds(60))
-        const after = Duration.decode(receiveOptions.maxWaitAfterFirst ?? Duration.millis(20))
-        // Concurrent receives share the link: grant what all of them still want.
-        wanted += max
-        const buffered = yield* Queue.size(queue)
-        const missing = wanted - buffered - creditOf(receiver)
-        if (missing > 0) receiver.add_credit(missing)
-        const first = yield* Effect.raceFirst(
-          Effect.interruptible(Effect.timeoutOption(Queue.take(queue), maxWait)),
-          Effect.interruptible(connection.lost)
-        ).pipe(Effect.ensuring(Effect.sync(() => {
-          wanted -= max
-        })))
-        if (Option.isNone(first)) return [] as ReadonlyArray<ReceivedMessage>
-        const out: Array<ReceivedMessage> = [first.value]
-        while (out.length < max) {
-          const more = yield* Queue.takeUpTo(queue, max - out.length)
-          out.push(...Chunk.toReadonlyArray(more))
-          if (out.length >= max) break
-          const next = yield* Queue.take(queue).pipe(Effect.timeoutOption(after))
-          if (Option.isNone(next)) break
-          out.push(next.value)
+        const maxWait = Duration.toMillis(Duration.decode(receiveOptions.maxWait ?? Duration.seconds(60)))
+        const after = Duration.toMillis(Duration.decode(receiveOptions.maxWaitAfterFirst ?? Duration.millis(20)))
+        // Messages of a lost connection can no longer be settled: fail as any later operation does.
+        if (connection.isLost()) return connection.lost
+        const out = buffered.splice(0, max)
+        if (out.length >= max || (out.length > 0 && after <= 0)) {
+          return Effect.succeed(out as ReadonlyArray<ReceivedMessage>)
         }
+        return Effect.async<ReadonlyArray<ReceivedMessage>, ConnectionLost>((resume) => {
+          // Concurrent receives share the link: grant what all of them still want.
+          let done = false
+          let timer: ReturnType<typeof setTimeout> | undefined
+          let stopLost: (() => void) | undefined = undefined
+          const end = () => {
+            done = true
+            wanted -= max
+            waiting.delete(take)
+            stopLost?.()
+            if (timer !== undefined) clearTimeout(timer)
+          }
+          const finish = () => {
+            if (done) return
+            end()
+            resume(Effect.succeed(out))
+          }
+          const wait = (millis: number) => {
+            if (timer !== undefined) clearTimeout(timer)
+            // setTimeout fires at once for delays it cannot hold: those waits are "forever".
+            timer = millis <= 2_147_483_647 ? setTimeout(finish, millis) : undefined
+          }
+          const take = (message: ReceivedMessage) => {
+            out.push(message)
+            if (out.length >= max || after <= 0) finish()
+            else if (out.length === 1) wait(after)
+          }
+          wanted += max
+          stopLost = connection.onLost((error) => {
+            if (done) return
+            if (out.length > 0) return finish()
+            end()
+            resume(Effect.fail(error))
+          })
+          if (done) return
+          const missing = wanted - buffered.length - creditOf(receiver)
+          if (missing > 0) receiver.add_credit(missing)
+          waiting.add(take)
+          wait(out.length > 0 ? after : maxWait)
+          // Interrupted: messages taken so far go back, in order, for the next receive.
+          return Effect.sync(() => {
+            if (done) return
+            end()
+            buffered.unshift(...out)
+          })
+        })
         // Credit not used stays granted: messages that arrive later wait, locked, in the session's
         // buffer for the next receive (draining the credit races with concurrent receives).
-        return out as ReadonlyArray<ReceivedMessage>
       }).pipe(Effect.withSpan("ServiceBusTransaction.receive", { attributes: { entity, maxMessages } }))
+
+    // Transactions declared ahead: taking one declares the next, so `run` usually finds its
+    // transaction ready and saves the declare's round trip. At most one is ahead; one not used
+    // within `spareMaxAgeMillis` is rolled back. Closing the coordinator link (the end of the
+    // session) rolls back the one that is left.
+    type Spare =
+      | {
+        readonly _tag: "Pending"
+        claim: ((result: Either.Either<Buffer, Coordinator.CoordinatorError>) => void) | undefined
+      }
+      | { readonly _tag: "Ready"; readonly txnId: Buffer; readonly at: number }
+    let spare: Spare | undefined
+    let closed = false
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        closed = true
+      })
+    )
+    const declareNow: Start<Buffer, Coordinator.CoordinatorError> = (finish) =>
+      coordinator.request(encodeDeclare(), (answer) => finish(Either.flatMap(answer, Coordinator.declareResult)))
+    const declareAhead = () => {
+      if (spare !== undefined || closed || connection.isLost()) return
+      const slot: Spare = { _tag: "Pending", claim: undefined }
+      spare = slot
+      declareNow((result) => {
+        if (spare === slot) spare = undefined
+        const claim = slot.claim
+        if (claim !== undefined) {
+          claim(result)
+          declareAhead()
+        } else if (Either.isRight(result)) {
+          if (closed) return
+          if (spare === undefined) spare = { _tag: "Ready", txnId: result.right, at: Date.now() }
+          else rollBack(result.right)
+        }
+      })
+    }
+    const rollBack = (txnId: Buffer) => {
+      if (closed || connection.isLost()) return
+      coordinator.request(encodeDischarge(txnId, true), () => undefined)
+    }
+    const declare: Start<Buffer, Coordinator.CoordinatorError> = (finish) => {
+      const current = spare
+      if (current?._tag === "Ready") {
+        spare = undefined
+        if (Date.now() - current.at <= spareMaxAgeMillis) {
+          finish(Either.right(current.txnId))
+          declareAhead()
+          return () => undefined
+        }
+        rollBack(current.txnId)
+      }
+      if (current?._tag === "Pending" && current.claim === undefined) {
+        current.claim = finish
+        // Given up (timeout, interruption): the answer becomes the next spare.
+        return () => {
+          if (current.claim === finish) current.claim = undefined
+        }
+      }
+      const stop = declareNow(finish)
+      declareAhead()
+      return stop
+    }
 
     const settle = (message: ReceivedMessage, settlement: Settlement) =>
       settleDelivery(internalsOf, message, settlement, undefined).pipe(
@@ -492,11 +668,58 @@ export const makeSession = (
       receiver,
       deliveries,
       sender,
-      guard
+      guard,
+      wire,
+      declare
     }
     internals.set(api, internalsOf)
     return api
   }).pipe(Effect.withSpan("ServiceBusTransaction.makeSession"))
+
+/**
+ * Starts settling a received message: writes its disposition and listens until Service Bus
+ * settles it. Fails at once when the message is not one of this session's unsettled deliveries.
+ */
+const startSettle = (
+  session: SessionInternals,
+  message: ReceivedMessage,
+  settlement: Settlement,
+  txnId: Uint8Array | undefined
+): Start<void, SettleError | TransactionFailed | TransactionTimeout> =>
+(finish) => {
+  const operation = settlementName(settlement)
+  const context = { operation, entity: session.entity, messageId: message.messageId, lockToken: message.lockToken }
+  const delivery = message.lockToken === undefined ? undefined : session.deliveries.get(message.lockToken)
+  if (delivery === undefined) {
+    finish(Either.left(
+      new MessageLockLost({
+        ...context,
+        entity: session.entity,
+        reason: "the message was not received on this session, or is already settled"
+      })
+    ))
+    return () => undefined
+  }
+  const outcome = outcomeOf(settlement)
+  const stop = listenAnswer(session.receiver, delivery, ["settled"], operation, session.entity, (answer) => {
+    if (Either.isLeft(answer)) return finish(answer)
+    const result = checkAnswer(answer.right, txnId, session.entity)
+    finish(
+      result === undefined
+        ? Either.void
+        : Either.left(
+          result._tag === "Rejected"
+            ? settleError({ condition: result.condition, description: result.description }, context)
+            : result.error
+        )
+    )
+  })
+  // Once a disposition is written, rhea will not write another for the delivery: after a
+  // rollback the message is settled when it is delivered again.
+  session.deliveries.delete(message.lockToken!)
+  delivery.update(false, txnId === undefined ? deliveryState(outcome) : transactionalState(txnId, outcome))
+  return stop
+}
 
 /** Sends a disposition for a received message and waits for Service Bus to settle it. */
 const settleDelivery = (
@@ -505,39 +728,7 @@ const settleDelivery = (
   settlement: Settlement,
   txnId: Uint8Array | undefined
 ): Effect.Effect<void, SettleError | TransactionFailed | TransactionTimeout> =>
-  Effect.suspend(() => {
-    const operation = settlementName(settlement)
-    const context = { operation, entity: session.entity, messageId: message.messageId, lockToken: message.lockToken }
-    const delivery = message.lockToken === undefined ? undefined : session.deliveries.get(message.lockToken)
-    if (delivery === undefined) {
-      return Effect.fail(
-        new MessageLockLost({
-          ...context,
-          entity: session.entity,
-          reason: "the message was not received on this session, or is already settled"
-        })
-      )
-    }
-    const outcome = outcomeOf(settlement)
-    const answer = awaitAnswer(session.receiver, delivery, ["settled"], operation, session.entity)
-    // Once a disposition is written, rhea will not write another for the delivery: after a
-    // rollback the message is settled when it is delivered again.
-    const write = Effect.sync(() => {
-      session.deliveries.delete(message.lockToken!)
-      delivery.update(false, txnId === undefined ? deliveryState(outcome) : transactionalState(txnId, outcome))
-    })
-    return session.guard(Effect.zipRight(write, answer, { concurrent: true }), operation).pipe(
-      Effect.flatMap((state) => {
-        const result = checkAnswer(state, txnId, session.entity)
-        if (result === undefined) return Effect.void
-        return Effect.fail(
-          result._tag === "Rejected"
-            ? settleError({ condition: result.condition, description: result.description }, context)
-            : result.error
-        )
-      })
-    )
-  })
+  session.wire(startSettle(session, message, settlement, txnId), () => settlementName(settlement))
 
 type AnswerProblem =
   | { readonly _tag: "Rejected"; readonly condition: string | undefined; readonly description: string | undefined }
@@ -590,34 +781,69 @@ type Pending =
   | { readonly _tag: "Send"; readonly destination: string; readonly messages: ReadonlyArray<Encoded> }
   | { readonly _tag: "Settle"; readonly message: ReceivedMessage; readonly settlement: Settlement }
 
-const sendOne = (
+/** Starts one transactional send: waits for credit, writes the transfer, listens for the answer. */
+const startSend = (
   session: SessionInternals,
+  sender: Sender,
   destination: string,
   encoded: Encoded,
   txnId: Uint8Array
-): Effect.Effect<void, Api.TransactionError> =>
-  Effect.gen(function*() {
-    const sender = yield* session.sender(destination)
-    const context = { operation: "send", entity: destination, messageId: encoded.message.messageId }
-    yield* session.guard(awaitSendable(sender), "send")
-    const state = yield* session.guard(
-      Effect.suspend(() => {
-        const delivery = sendTransactional(sender, toAmqpMessage(encoded), txnId)
-        if (Either.isLeft(delivery)) {
-          return Effect.fail(new ServiceBusUnavailable({ ...context, reason: delivery.left.message }))
-        }
-        return awaitAnswer(sender, delivery.right, senderEvents, "send", destination)
-      }),
-      "send"
-    )
-    const problem = checkAnswer(state, txnId, session.entity)
-    if (problem === undefined) return
-    return yield* Effect.fail(
-      problem._tag === "Rejected"
-        ? sendError({ condition: problem.condition, description: problem.description }, context)
-        : problem.error
-    )
+): Start<void, Api.TransactionError> =>
+(finish) => {
+  const context = { operation: "send", entity: destination, messageId: encoded.message.messageId }
+  let stopAnswer: (() => void) | undefined
+  const stopWaiting = whenSendable(sender, () => {
+    const delivery = sendTransactional(sender, toAmqpMessage(encoded), txnId)
+    if (Either.isLeft(delivery)) {
+      return finish(Either.left(new ServiceBusUnavailable({ ...context, reason: delivery.left.message })))
+    }
+    stopAnswer = listenAnswer(sender, delivery.right, senderEvents, "send", destination, (answer) => {
+      if (Either.isLeft(answer)) return finish(answer)
+      const problem = checkAnswer(answer.right, txnId, session.entity)
+      finish(
+        problem === undefined
+          ? Either.void
+          : Either.left(
+            problem._tag === "Rejected"
+              ? sendError({ condition: problem.condition, description: problem.description }, context)
+              : problem.error
+          )
+      )
+    })
   })
+  return () => {
+    stopWaiting()
+    stopAnswer?.()
+  }
+}
+
+/**
+ * Starts every operation at once (pipelined) and ends when all are accepted, or at the first
+ * failure (the others stop being listened for).
+ */
+const startAll = <E>(
+  operations: ReadonlyArray<{ readonly name: string; readonly start: Start<void, E> }>,
+  pending: Set<number>
+): Start<void, E> =>
+(finish) => {
+  const stops: Array<() => void> = []
+  let failed = false
+  for (let i = 0; i < operations.length && !failed; i++) {
+    pending.add(i)
+    stops.push(operations[i].start((result) => {
+      if (Either.isLeft(result)) {
+        failed = true
+        return finish(result)
+      }
+      pending.delete(i)
+      if (pending.size === 0 && stops.length === operations.length) finish(Either.void)
+    }))
+  }
+  if (!failed && pending.size === 0) finish(Either.void)
+  return () => {
+    for (const stop of stops) stop()
+  }
+}
 
 const coordinatorError = (
   error: Coordinator.CoordinatorError,
@@ -665,6 +891,30 @@ const coordinatorError = (
   }
 }
 
+const dischargeTimeout = "the coordinator did not answer the discharge in time; the outcome is unknown"
+
+const discharge =
+  (session: SessionInternals, txnId: Uint8Array, fail: boolean): Start<void, Coordinator.CoordinatorError> =>
+  (finish) =>
+    session.coordinator.request(
+      encodeDischarge(txnId, fail),
+      (answer) => finish(Either.flatMap(answer, (state) => Coordinator.dischargeResult(txnId, state)))
+    )
+
+const isCoordinatorError = (
+  error: Coordinator.CoordinatorError | ServiceError
+): error is Coordinator.CoordinatorError =>
+  error._tag === "TransactionRolledBack" || error._tag === "TransactionUnknownId" ||
+  error._tag === "TransactionTimedOut" || error._tag === "TransactionRejected" ||
+  error._tag === "CoordinatorTimeout" || error._tag === "CoordinatorUnavailable"
+
+const coordinatorErrorOrService = (
+  error: Coordinator.CoordinatorError | ServiceError,
+  entity: string,
+  operation: "declare" | "discharge"
+): TransactionFailed | TransactionTimeout | ServiceError =>
+  isCoordinatorError(error) ? coordinatorError(error, entity, operation) : error
+
 export const run = <A, E, R>(
   api: Api.TransactionalSession,
   body: (transaction: Api.Transaction) => Effect.Effect<A, E, R>
@@ -677,9 +927,8 @@ export const run = <A, E, R>(
   return Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
       const txnId = yield* restore(
-        session.guard(
-          session.coordinator.declare.pipe(Effect.mapError((e) => coordinatorError(e, entity, "declare"))),
-          "declare"
+        session.wire(session.declare, () => "declare").pipe(
+          Effect.mapError((e) => coordinatorErrorOrService(e, entity, "declare"))
         )
       )
       const transactionId = txnId.toString("hex")
@@ -743,15 +992,31 @@ export const run = <A, E, R>(
       const flush: Effect.Effect<void, Api.TransactionError> = Effect.suspend(() => {
         const batch = pending
         pending = []
-        const work: Array<Effect.Effect<void, Api.TransactionError>> = []
-        for (const item of batch) {
-          if (item._tag === "Settle") {
-            work.push(settleDelivery(session, item.message, item.settlement, txnId))
-          } else {for (const encoded of item.messages) {
-              work.push(sendOne(session, item.destination, encoded, txnId))
-            }}
+        if (batch.length === 0) {
+          return Effect.void
         }
-        return Effect.all(work, { concurrency: "unbounded", discard: true })
+        return Effect.gen(function*() {
+          const operations: Array<{ readonly name: string; readonly start: Start<void, Api.TransactionError> }> = []
+          for (const item of batch) {
+            if (item._tag === "Settle") {
+              operations.push({
+                name: settlementName(item.settlement),
+                start: startSettle(session, item.message, item.settlement, txnId)
+              })
+            } else {
+              const sender = yield* session.sender(item.destination)
+              for (const encoded of item.messages) {
+                operations.push({ name: "send", start: startSend(session, sender, item.destination, encoded, txnId) })
+              }
+            }
+          }
+          const unanswered = new Set<number>()
+          // A timeout names the first operation still without an answer.
+          yield* session.wire(startAll(operations, unanswered), () => {
+            const [index] = unanswered
+            return operations[index ?? 0]?.name ?? "flush"
+          })
+        })
       }).pipe(Effect.withSpan("ServiceBusTransaction.flush", { attributes: { entity, transactionId } }))
 
       const transaction: Api.Transaction = {
@@ -773,16 +1038,13 @@ export const run = <A, E, R>(
       const exit = yield* Effect.exit(restore(Effect.tap(body(transaction), () => flush)))
       if (Exit.isSuccess(exit)) {
         // Once the commit is on the wire its outcome is the transaction's: not interruptible.
-        yield* session.guard(
-          session.coordinator.discharge(txnId, false).pipe(
-            Effect.mapError((e) => coordinatorError(e, entity, "discharge"))
-          ),
-          "commit"
+        yield* session.wire(discharge(session, txnId, false), () => "commit", dischargeTimeout).pipe(
+          Effect.mapError((e) => coordinatorErrorOrService(e, entity, "discharge"))
         )
         return exit.value
       }
       if (!session.connection.isLost()) {
-        yield* session.guard(session.coordinator.discharge(txnId, true), "rollback").pipe(
+        yield* session.wire(discharge(session, txnId, true), () => "rollback").pipe(
           Effect.catchAllCause((cause) =>
             Effect.logDebug("Service Bus transaction rollback was not confirmed", Cause.squash(cause))
           )

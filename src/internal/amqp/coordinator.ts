@@ -7,6 +7,7 @@
  */
 import { Duration, Effect, Either, Schema, type Scope } from "effect"
 import type { Delivery, EventContext, Sender, Session } from "rhea"
+import { awaitCallback } from "./callbackWait.js"
 import {
   attachCoordinator,
   installTransactionSupport,
@@ -109,6 +110,63 @@ export interface Coordinator {
   readonly declare: Effect.Effect<Buffer, CoordinatorError>
   /** Commits (`fail = false`) or rolls back (`fail = true`) a transaction. */
   readonly discharge: (txnId: Uint8Array, fail: boolean) => Effect.Effect<void, CoordinatorError>
+  /**
+   * Writes one control message (an encoded `declare` or `discharge`) and calls `onAnswer` once
+   * with the coordinator's answer, or with `CoordinatorUnavailable` when the link closes first.
+   * Returns a function that stops listening. No timeout: callers that need one set it. Read the
+   * answer with {@link declareResult} or {@link dischargeResult}.
+   */
+  readonly request: (
+    payload: Buffer,
+    onAnswer: (answer: Either.Either<DeliveryState, CoordinatorUnavailable>) => void
+  ) => () => void
+}
+
+/** What a declare's answer means: the new transaction's id, or why there is none. */
+export const declareResult = (state: DeliveryState): Either.Either<Buffer, CoordinatorError> => {
+  if (state._tag === "Declared") return Either.right(state.txnId)
+  const rejected = rejection(state)
+  if (rejected !== undefined) {
+    return Either.left(
+      new TransactionRejected({
+        operation: "declare",
+        ...optional("condition", rejected.condition),
+        ...optional("description", rejected.description)
+      })
+    )
+  }
+  return Either.left(
+    new CoordinatorUnavailable({ reason: `the coordinator answered a declare with ${describeState(state)}` })
+  )
+}
+
+/** What a discharge's answer means. */
+export const dischargeResult = (txnId: Uint8Array, state: DeliveryState): Either.Either<void, CoordinatorError> => {
+  if (state._tag === "Accepted") return Either.void
+  const rejected = rejection(state)
+  const txn = txnHex(txnId)
+  if (rejected !== undefined) {
+    const fields = { txnId: txn, ...optional("description", rejected.description) }
+    switch (rejected.condition) {
+      case TransactionErrorCondition.unknownId:
+        return Either.left(new TransactionUnknownId(fields))
+      case TransactionErrorCondition.rollback:
+        return Either.left(new TransactionRolledBack(fields))
+      case TransactionErrorCondition.timeout:
+        return Either.left(new TransactionTimedOut(fields))
+      default:
+        return Either.left(
+          new TransactionRejected({
+            operation: "discharge",
+            ...optional("condition", rejected.condition),
+            ...optional("description", rejected.description)
+          })
+        )
+    }
+  }
+  return Either.left(
+    new CoordinatorUnavailable({ reason: `the coordinator answered a discharge with ${describeState(state)}` })
+  )
 }
 
 /** Options of {@link make}. */
@@ -122,39 +180,41 @@ export interface CoordinatorOptions {
 const linkEvents = ["sender_close", "sender_error"] as const
 const outcomeEvents = [TransactionEvents.declared, "accepted", "rejected", "released", "modified", "settled"] as const
 
-// Waits for the coordinator's answer to one control delivery.
-const awaitOutcome = (sender: Sender, delivery: Delivery) =>
-  Effect.async<DeliveryState, CoordinatorUnavailable>((resume) => {
-    const onOutcome = (context: EventContext) => {
-      if (context.delivery !== delivery) return
-      if (delivery.remote_state === undefined || delivery.remote_state === null) {
-        // Settled without a state: there is nothing to read, which a coordinator never does.
-        if (delivery.remote_settled) finish(Either.left("the coordinator settled a control message without an outcome"))
-        return
-      }
-      const state = decodeDeliveryState(delivery.remote_state)
-      finish(Either.isLeft(state) ? Either.left(`unreadable outcome: ${state.left.reason}`) : Either.right(state.right))
+// Listens for the coordinator's answer to one control delivery; returns the cleanup.
+const listenOutcome = (
+  sender: Sender,
+  delivery: Delivery,
+  onAnswer: (answer: Either.Either<DeliveryState, CoordinatorUnavailable>) => void
+): () => void => {
+  let done = false
+  const onOutcome = (context: EventContext) => {
+    if (context.delivery !== delivery) return
+    if (delivery.remote_state === undefined || delivery.remote_state === null) {
+      // Settled without a state: there is nothing to read, which a coordinator never does.
+      if (delivery.remote_settled) finish(Either.left("the coordinator settled a control message without an outcome"))
+      return
     }
-    const onClose = (context: EventContext) => {
-      const error = context.sender?.error as { description?: string; condition?: string } | undefined
-      finish(Either.left(`the coordinator link closed${error ? ` (${error.condition}: ${error.description})` : ""}`))
-    }
-    const finish = (result: Either.Either<DeliveryState, string>) => {
-      cleanup()
-      resume(
-        Either.isRight(result)
-          ? Effect.succeed(result.right)
-          : Effect.fail(new CoordinatorUnavailable({ reason: result.left }))
-      )
-    }
-    const cleanup = () => {
-      for (const e of outcomeEvents) sender.removeListener(e, onOutcome)
-      for (const e of linkEvents) sender.removeListener(e, onClose)
-    }
-    for (const e of outcomeEvents) sender.on(e, onOutcome)
-    for (const e of linkEvents) sender.on(e, onClose)
-    return Effect.sync(cleanup)
-  })
+    const state = decodeDeliveryState(delivery.remote_state)
+    finish(Either.isLeft(state) ? Either.left(`unreadable outcome: ${state.left.reason}`) : Either.right(state.right))
+  }
+  const onClose = (context: EventContext) => {
+    const error = context.sender?.error as { description?: string; condition?: string } | undefined
+    finish(Either.left(`the coordinator link closed${error ? ` (${error.condition}: ${error.description})` : ""}`))
+  }
+  const finish = (result: Either.Either<DeliveryState, string>) => {
+    if (done) return
+    cleanup()
+    onAnswer(Either.mapLeft(result, (reason) => new CoordinatorUnavailable({ reason })))
+  }
+  const cleanup = () => {
+    done = true
+    for (const e of outcomeEvents) sender.removeListener(e, onOutcome)
+    for (const e of linkEvents) sender.removeListener(e, onClose)
+  }
+  for (const e of outcomeEvents) sender.on(e, onOutcome)
+  for (const e of linkEvents) sender.on(e, onClose)
+  return cleanup
+}
 
 const rejection = (state: DeliveryState) =>
   state._tag === "Rejected" ? { condition: state.error?.condition, description: state.error?.description } : undefined
@@ -211,67 +271,37 @@ export const make = (
     let tag = 0
     // Control messages are never pre-settled; they are sent as bytes because rhea's message
     // encoder cannot write a described value inside an amqp-value body.
-    const control = (payload: Buffer, operation: "declare" | "discharge") =>
-      Effect.suspend(() => {
-        // A link the coordinator detached is not closed locally until rhea's next tick.
-        if (sender.is_closed() || !sender.is_remote_open()) {
-          return Effect.fail(new CoordinatorUnavailable({ reason: "the coordinator link is closed" }))
-        }
-        const delivery = sender.send(payload, Buffer.from(`txn-${tag++}`), 0)
-        return awaitOutcome(sender, delivery)
-      }).pipe(Effect.timeoutFail({ duration: timeout, onTimeout: () => new CoordinatorTimeout({ operation, millis }) }))
-
-    const declare: Effect.Effect<Buffer, CoordinatorError> = Effect.flatMap(
-      control(encodeDeclare(), "declare"),
-      (state): Effect.Effect<Buffer, CoordinatorError> => {
-        if (state._tag === "Declared") return Effect.succeed(state.txnId)
-        const rejected = rejection(state)
-        if (rejected !== undefined) {
-          return Effect.fail(
-            new TransactionRejected({
-              operation: "declare",
-              ...optional("condition", rejected.condition),
-              ...optional("description", rejected.description)
-            })
-          )
-        }
-        return Effect.fail(
-          new CoordinatorUnavailable({ reason: `the coordinator answered a declare with ${describeState(state)}` })
-        )
+    const request = (
+      payload: Buffer,
+      onAnswer: (answer: Either.Either<DeliveryState, CoordinatorUnavailable>) => void
+    ): () => void => {
+      // A link the coordinator detached is not closed locally until rhea's next tick.
+      if (sender.is_closed() || !sender.is_remote_open()) {
+        onAnswer(Either.left(new CoordinatorUnavailable({ reason: "the coordinator link is closed" })))
+        return () => undefined
       }
+      const delivery = sender.send(payload, Buffer.from(`txn-${tag++}`), 0)
+      return listenOutcome(sender, delivery, onAnswer)
+    }
+
+    // One callback wait with its own timer: no fiber per control message.
+    const control = <A>(
+      payload: Buffer,
+      operation: "declare" | "discharge",
+      read: (state: DeliveryState) => Either.Either<A, CoordinatorError>
+    ): Effect.Effect<A, CoordinatorError> =>
+      awaitCallback<A, CoordinatorError, CoordinatorTimeout>(
+        (finish) => request(payload, (answer) => finish(Either.flatMap(answer, read))),
+        { timeout, onTimeout: () => new CoordinatorTimeout({ operation, millis }) }
+      )
+
+    const declare: Effect.Effect<Buffer, CoordinatorError> = Effect.suspend(() =>
+      control(encodeDeclare(), "declare", declareResult)
     ).pipe(Effect.withSpan("AmqpCoordinator.declare"))
 
     const discharge = (txnId: Uint8Array, fail: boolean): Effect.Effect<void, CoordinatorError> =>
-      Effect.flatMap(
-        control(encodeDischarge(txnId, fail), "discharge"),
-        (state): Effect.Effect<void, CoordinatorError> => {
-          if (state._tag === "Accepted") return Effect.void
-          const rejected = rejection(state)
-          const txn = txnHex(txnId)
-          if (rejected !== undefined) {
-            const fields = { txnId: txn, ...optional("description", rejected.description) }
-            switch (rejected.condition) {
-              case TransactionErrorCondition.unknownId:
-                return Effect.fail(new TransactionUnknownId(fields))
-              case TransactionErrorCondition.rollback:
-                return Effect.fail(new TransactionRolledBack(fields))
-              case TransactionErrorCondition.timeout:
-                return Effect.fail(new TransactionTimedOut(fields))
-              default:
-                return Effect.fail(
-                  new TransactionRejected({
-                    operation: "discharge",
-                    ...optional("condition", rejected.condition),
-                    ...optional("description", rejected.description)
-                  })
-                )
-            }
-          }
-          return Effect.fail(
-            new CoordinatorUnavailable({ reason: `the coordinator answered a discharge with ${describeState(state)}` })
-          )
-        }
-      ).pipe(Effect.withSpan("AmqpCoordinator.discharge", { attributes: { txnId: txnHex(txnId), fail } }))
+      Effect.suspend(() => control(encodeDischarge(txnId, fail), "discharge", (state) => dischargeResult(txnId, state)))
+        .pipe(Effect.withSpan("AmqpCoordinator.discharge", { attributes: { txnId: txnHex(txnId), fail } }))
 
-    return { sender, declare, discharge }
+    return { sender, declare, discharge, request }
   })
