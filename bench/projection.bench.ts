@@ -1,8 +1,13 @@
 // One projection update through Projector.project on AzureTableProjectionStore (decode the event,
-// read the document, fold, conditional write with the positions), against the same point read
-// and conditional replace with If-Match sent with the raw @azure/data-tables client and a
-// hand-written fold. Same in-process Azurite, sequential updates of one document each, events of
-// one stream in order, rounds alternated. The ratio is throughput, ours / raw.
+// fold, conditional write with the positions), against the same work sent with the raw
+// @azure/data-tables client and a hand-written fold. Same in-process Azurite, sequential updates
+// of one document each, events of one stream in order, rounds alternated. The ratio is
+// throughput, ours / raw.
+//
+// Fair baseline: the projector keeps the documents it last read or wrote (ETag, state,
+// positions), so in steady state an update is one conditional replace with If-Match and no read.
+// The raw loop keeps the same cache by hand and sends the same requests: a point read only when it
+// has nothing cached (the first update) or after a 412, then the conditional write.
 import type { TableEntity } from "@azure/data-tables"
 import { TableClient } from "@azure/data-tables"
 import { Effect, Redacted, Schema } from "effect"
@@ -72,33 +77,56 @@ try {
     retryOptions: { maxRetries: 0 }
   })
   let rawVersion = 0
+  const partitionKey = "occupancy:room-raw"
+  let cached: { etag: string; state: Occupancy; positions: Record<string, number> } | undefined
+  const read = async () => {
+    try {
+      const row = await client.getEntity<{ State: string; Positions: string }>(partitionKey, "doc")
+      cached = {
+        etag: row.etag,
+        state: JSON.parse(row.State) as Occupancy,
+        positions: JSON.parse(row.Positions) as Record<string, number>
+      }
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode !== 404) throw error
+      cached = undefined
+    }
+  }
   const raw = async () => {
     const version = ++rawVersion
     const streamId = "rooms-raw"
     const event = recorded(streamId, "room-raw", version)
     const data = event.data as { readonly nights: number; readonly price: number }
-    const partitionKey = "occupancy:room-raw"
-    let state: Occupancy = { bookings: 0, nights: 0, revenue: 0 }
-    let positions: Record<string, number> = {}
-    let etag: string | undefined
-    try {
-      const row = await client.getEntity<{ State: string; Positions: string }>(partitionKey, "doc")
-      state = JSON.parse(row.State) as Occupancy
-      positions = JSON.parse(row.Positions) as Record<string, number>
-      etag = row.etag
-    } catch (error) {
-      if ((error as { statusCode?: number }).statusCode !== 404) throw error
+    for (let attempt = 0;; attempt++) {
+      // Like the projector: a duplicate or a gap is only decided on a fresh read.
+      if (cached === undefined || attempt > 0 || (cached.positions[streamId] ?? 0) !== version - 1) await read()
+      const state = cached?.state ?? { bookings: 0, nights: 0, revenue: 0 }
+      const positions = cached?.positions ?? {}
+      if ((positions[streamId] ?? 0) >= version) return
+      const next = {
+        bookings: state.bookings + 1,
+        nights: state.nights + data.nights,
+        revenue: state.revenue + data.price
+      }
+      const nextPositions = { ...positions, [streamId]: version }
+      const entity: TableEntity = {
+        partitionKey,
+        rowKey: "doc",
+        State: JSON.stringify(next),
+        Positions: JSON.stringify(nextPositions)
+      }
+      try {
+        const written = await (cached === undefined
+          ? client.createEntity(entity)
+          : client.updateEntity(entity, "Replace", { etag: cached.etag }))
+        cached = { etag: written.etag!, state: next, positions: nextPositions }
+        return
+      } catch (error) {
+        const status = (error as { statusCode?: number }).statusCode
+        if (status !== 409 && status !== 412) throw error
+        cached = undefined
+      }
     }
-    if ((positions[streamId] ?? 0) >= version) return
-    state = { bookings: state.bookings + 1, nights: state.nights + data.nights, revenue: state.revenue + data.price }
-    positions = { ...positions, [streamId]: version }
-    const entity: TableEntity = {
-      partitionKey,
-      rowKey: "doc",
-      State: JSON.stringify(state),
-      Positions: JSON.stringify(positions)
-    }
-    await (etag === undefined ? client.createEntity(entity) : client.updateEntity(entity, "Replace", { etag }))
   }
 
   const { ours: oursTimes, theirs: rawTimes } = await compare(ours, raw, { iterations: 3000, rounds: 30, warmup: 300 })
@@ -113,7 +141,7 @@ try {
         quantile(oursTimes, 0.9).toFixed(3)
       } ms, raw ${
         quantile(rawTimes, 0.9).toFixed(3)
-      } ms; ${oursTimes.length} updates each (1 point read + 1 conditional write)`
+      } ms; ${oursTimes.length} updates each (1 conditional write, the document cached)`
   )
 } finally {
   await tables.close()

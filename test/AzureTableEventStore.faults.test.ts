@@ -5,119 +5,25 @@
 import { TableClient } from "@azure/data-tables"
 import { assert, describe, it } from "@effect/vitest"
 import { Array as Arr, Effect, Redacted, Schedule } from "effect"
-import type { IncomingMessage } from "node:http"
-import { createServer, request as httpRequest } from "node:http"
+import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { inject } from "vitest"
 import * as AzureTableEventStore from "../src/AzureTableEventStore.js"
 import type { EventData } from "../src/EventStore.js"
 import { connectionStringFor } from "../src/testing/Azurite.js"
+import { isBatch, isGet, serverBusy, startProxy } from "./support/tableProxy.js"
 
 const azurite = inject("azurite")
 const table = `faults${Math.random().toString(36).slice(2, 8)}`
 let counter = 0
 const newStreamId = (label: string) => `${label}-${++counter}`
 
-type Fault =
-  /** Answer with an error status without forwarding. */
-  | { readonly kind: "status"; readonly status: number; readonly code: string }
-  /** Drop the connection without forwarding. */
-  | { readonly kind: "reset" }
-  /** Never answer, without forwarding. */
-  | { readonly kind: "hang" }
-  /** Forward (the service applies the request), then answer with an error status. */
-  | { readonly kind: "statusAfter"; readonly status: number; readonly code: string }
-  /** Forward, then drop the connection. */
-  | { readonly kind: "resetAfter" }
-  /** Forward, then never answer. */
-  | { readonly kind: "hangAfter" }
-
-type Matcher = (request: IncomingMessage) => boolean
-
-const isBatch: Matcher = (request) => request.method === "POST" && (request.url ?? "").includes("$batch")
-const isGet: Matcher = (request) => request.method === "GET"
-
-const serverBusy = { kind: "status", status: 503, code: "ServerBusy" } as const
-
-interface Proxy {
-  readonly connectionString: Redacted.Redacted<string>
-  /** Queues faults for the next requests the matcher accepts, one fault per request. */
-  readonly inject: (matcher: Matcher, ...faults: ReadonlyArray<Fault>) => void
-  /** Every request seen, as "METHOD fault-or-ok". */
-  readonly log: Array<string>
-}
-
-const errorBody = (code: string) =>
-  JSON.stringify({ "odata.error": { code, message: { lang: "en-US", value: `Injected ${code}.` } } })
-
-const startProxy = Effect.acquireRelease(
-  Effect.async<Proxy & { readonly close: () => void }>((resume) => {
-    const target = new URL(azurite.tableEndpoint)
-    const queued: Array<{ readonly matcher: Matcher; readonly fault: Fault }> = []
-    const log: Array<string> = []
-
-    const server = createServer((request, response) => {
-      const index = queued.findIndex(({ matcher }) => matcher(request))
-      const fault = index === -1 ? undefined : queued.splice(index, 1)[0].fault
-      log.push(`${request.method} ${fault?.kind ?? "ok"}`)
-      const answerError = (status: number, code: string) => {
-        response.writeHead(status, {
-          "content-type": "application/json;odata=minimalmetadata;charset=utf-8",
-          "x-ms-error-code": code
-        })
-        response.end(errorBody(code))
-      }
-      if (fault?.kind === "status") return answerError(fault.status, fault.code)
-      if (fault?.kind === "reset") return request.socket.destroy()
-      if (fault?.kind === "hang") return
-      const upstream = httpRequest(
-        {
-          host: target.hostname,
-          port: target.port,
-          method: request.method,
-          path: request.url,
-          headers: { ...request.headers, host: target.host }
-        },
-        (answer) => {
-          const chunks: Array<Buffer> = []
-          answer.on("data", (chunk: Buffer) => chunks.push(chunk))
-          answer.on("end", () => {
-            if (fault?.kind === "statusAfter") return answerError(fault.status, fault.code)
-            if (fault?.kind === "resetAfter") return request.socket.destroy()
-            if (fault?.kind === "hangAfter") return
-            response.writeHead(answer.statusCode ?? 502, answer.headers)
-            response.end(Buffer.concat(chunks))
-          })
-        }
-      )
-      upstream.on("error", () => request.socket.destroy())
-      request.pipe(upstream)
-    })
-
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo
-      resume(Effect.succeed({
-        connectionString: connectionStringFor(`http://127.0.0.1:${port}${target.pathname}`),
-        inject: (matcher, ...faults) => {
-          for (const fault of faults) queued.push({ matcher, fault })
-        },
-        log,
-        close: () => {
-          server.closeAllConnections()
-          server.close()
-        }
-      }))
-    })
-  }),
-  (proxy) => Effect.sync(proxy.close)
-)
-
 // Fast and bounded: three retries a few milliseconds apart.
 const retry = Schedule.spaced("5 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
 const timeout = "300 millis"
 
 const setup = Effect.gen(function*() {
-  const proxy = yield* startProxy
+  const proxy = yield* startProxy(azurite.tableEndpoint)
   const store = yield* AzureTableEventStore.make({
     connectionString: proxy.connectionString,
     tableName: table,
@@ -187,7 +93,7 @@ describe("AzureTableEventStore under faults", () => {
 
   it.scopedLive("times out and retries on a client the caller owns too", () =>
     Effect.gen(function*() {
-      const proxy = yield* startProxy
+      const proxy = yield* startProxy(azurite.tableEndpoint)
       const client = TableClient.fromConnectionString(Redacted.value(proxy.connectionString), table, {
         allowInsecureConnection: true,
         retryOptions: { maxRetries: 0 }

@@ -142,7 +142,7 @@ describe("Outbox under faults", () => {
         proxy.inject(isQuery, serverBusy)
         yield* appendAll(streamIds, 2, 3)
         yield* expectAll(streamIds, 5)
-        assert.isAtLeast(proxy.log.length, 6, "the faults were met")
+        assert.isAtLeast(proxy.faults.length, 6, "the faults were met")
       }).pipe(
         Effect.provide(Layer.merge(
           AzureTableEventStore.layer({

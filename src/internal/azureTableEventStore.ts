@@ -1,7 +1,7 @@
-import type { TableEntityResult, TableServiceClientOptions, TransactionAction } from "@azure/data-tables"
-import { odata, TableClient } from "@azure/data-tables"
-import type { Scope } from "effect"
-import { Config, ConfigError, Duration, Effect, Either, Option, Queue, Redacted, Schedule } from "effect"
+import type { TableClient, TableEntityResult, TransactionAction } from "@azure/data-tables"
+import { odata } from "@azure/data-tables"
+import type { Config, Schedule, Scope } from "effect"
+import { Duration, Effect, Either, Option, Queue } from "effect"
 import type * as Api from "../AzureTableEventStore.js"
 import type {
   AppendError,
@@ -18,6 +18,9 @@ import type { Committed, OutboxStoreService, PendingEntry, Progress } from "../O
 import { bucketOf, defaultBucketSize } from "../OutboxStore.js"
 import type { EncodedAppend } from "./eventLimits.js"
 import { encodeAppend } from "./eventLimits.js"
+import type { Rejection } from "./tableClient.js"
+import * as Table from "./tableClient.js"
+import { codeOf, isEntityMissing } from "./tableClient.js"
 import * as Layout from "./tableLayout.js"
 
 // Options and configuration
@@ -27,218 +30,26 @@ export const defaultTimeout: Duration.Duration = Duration.seconds(30)
 export const defaultHeadCacheCapacity = 10_000
 export const defaultMaxAppendDuration: Duration.Duration = Duration.minutes(1)
 
-export const defaultRetrySchedule: Schedule.Schedule<unknown, EventStoreUnavailable> = Schedule.exponential(
-  "100 millis",
-  2
-).pipe(
-  Schedule.jittered,
-  // `union` keeps the shorter delay: no wait is ever longer than 2 seconds.
-  Schedule.union(Schedule.spaced("2 seconds")),
-  Schedule.intersect(Schedule.recurs(5))
-)
+// The policy shared with the projection store; the schedule never looks at its input.
+export const defaultRetrySchedule: Schedule.Schedule<unknown, EventStoreUnavailable> = Table
+  .defaultRetrySchedule as Schedule.Schedule<unknown, unknown>
 
-export const config: Config.Config<Api.Options> = Config.all({
-  connectionString: Config.redacted("AZURE_STORAGE_CONNECTION_STRING").pipe(
-    Config.withDescription("Connection string of the storage account (takes precedence over the account URL)."),
-    Config.option
-  ),
-  accountUrl: Config.string("AZURE_STORAGE_ACCOUNT_URL").pipe(
-    Config.withDescription(
-      "Table endpoint of the storage account, https://<account>.table.core.windows.net, used with DefaultAzureCredential."
-    ),
-    Config.option
-  ),
-  tableName: Config.string("EVENT_STORE_TABLE").pipe(
-    Config.withDefault(defaultTableName),
-    Config.withDescription("Name of the table holding the events.")
-  )
-}).pipe(
-  Config.mapOrFail(({ accountUrl, connectionString, tableName }): Either.Either<
-    Api.Options,
-    ConfigError.ConfigError
-  > => {
-    if (Option.isSome(connectionString)) return Either.right({ connectionString: connectionString.value, tableName })
-    if (Option.isSome(accountUrl)) return Either.right({ accountUrl: accountUrl.value, tableName })
-    return Either.left(
-      ConfigError.MissingData(
-        [],
-        "The event store needs AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL"
-      )
-    )
-  })
-)
-
-// Table names: 3 to 63 letters and digits, starting with a letter.
-const tableNamePattern = /^[A-Za-z][A-Za-z0-9]{2,62}$/
-
-const settingsOf = (connectionString: string): Map<string, string> => {
-  const settings = new Map<string, string>()
-  for (const part of connectionString.split(";")) {
-    const index = part.indexOf("=")
-    if (index > 0) settings.set(part.slice(0, index).trim().toLowerCase(), part.slice(index + 1).trim())
-  }
-  return settings
-}
-
-// Plain HTTP is only used by emulators (Azurite); the SDK refuses it unless told otherwise.
-const isInsecureConnectionString = (connectionString: string): boolean => {
-  const settings = settingsOf(connectionString)
-  const endpoint = settings.get("tableendpoint")
-  if (endpoint !== undefined) return endpoint.toLowerCase().startsWith("http:")
-  return settings.get("usedevelopmentstorage")?.toLowerCase() === "true" ||
-    settings.get("defaultendpointsprotocol")?.toLowerCase() === "http"
-}
-
-// The SDK's own retries are turned off: the adapter's `Schedule` is the single retry policy, so
-// attempts, delays and which failures are retried are decided in one place.
-const clientOptions = (allowInsecureConnection: boolean): TableServiceClientOptions => ({
-  allowInsecureConnection,
-  retryOptions: { maxRetries: 0 }
+export const config: Config.Config<Api.Options> = Table.accountConfig({
+  variable: "EVENT_STORE_TABLE",
+  defaultName: defaultTableName,
+  description: "Name of the table holding the events.",
+  store: "event store"
 })
 
 const timeoutOf = (options: Api.StoreOptions): Duration.Duration => Duration.decode(options.timeout ?? defaultTimeout)
 
-type PipelinePolicy = Parameters<TableClient["pipeline"]["addPolicy"]>[0]
-
-// Every request of a client built here carries the timeout; the SDK's HTTP client aborts it.
-const timeoutPolicy = (timeoutMillis: number): PipelinePolicy => ({
-  name: "effectEventuallyTimeout",
-  sendRequest: (request, next) => {
-    request.timeout = timeoutMillis
-    return next(request)
-  }
-})
-
-const configurationFailure = (reason: string) => new EventStoreFailure({ operation: "configure", reason })
-
 export const makeClient = (options: Api.Options): Effect.Effect<TableClient, EventStoreFailure> =>
-  Effect.gen(function*() {
-    const tableName = options.tableName ?? defaultTableName
-    if (!tableNamePattern.test(tableName)) {
-      return yield* Effect.fail(
-        configurationFailure(
-          `table name ${JSON.stringify(tableName)} is invalid: use 3 to 63 letters and digits, starting with a letter`
-        )
-      )
-    }
-    if (options.connectionString !== undefined) {
-      const connectionString = Redacted.value(options.connectionString)
-      return yield* Effect.try({
-        try: () =>
-          TableClient.fromConnectionString(
-            connectionString,
-            tableName,
-            clientOptions(isInsecureConnectionString(connectionString))
-          ),
-        // The SDK's message could quote the secret: keep a fixed one.
-        catch: () => configurationFailure("the connection string is malformed")
-      })
-    }
-    if (options.accountUrl !== undefined) {
-      const accountUrl = options.accountUrl
-      let url: URL
-      try {
-        url = new URL(accountUrl)
-      } catch {
-        return yield* Effect.fail(configurationFailure(`the account URL ${JSON.stringify(accountUrl)} is malformed`))
-      }
-      const credential = options.credential ?? (yield* Effect.tryPromise({
-        // Loaded on demand: @azure/identity is large, and connection strings do not need it.
-        try: () => import("@azure/identity").then(({ DefaultAzureCredential }) => new DefaultAzureCredential()),
-        catch: (cause) => configurationFailure(`DefaultAzureCredential could not be created: ${String(cause)}`)
-      }))
-      return new TableClient(accountUrl, tableName, credential, clientOptions(url.protocol === "http:"))
-    }
-    return yield* Effect.fail(configurationFailure("set either connectionString or accountUrl"))
-  })
-
-// Talking to the service. Every SDK call goes through `request`: a timeout per attempt, failures
-// classified once, transient ones retried under the schedule. Definite answers from the service
-// (404, 409, 412, 403, ...) are values, not errors, so each operation decides what they mean.
-
-export interface Rejection {
-  readonly status: number | undefined
-  readonly code: string | undefined
-  readonly message: string
-}
-
-const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null
-
-type SignalOptions = { readonly abortSignal?: AbortSignal }
-
-const isAbortError = (cause: unknown): boolean => isRecord(cause) && cause.name === "AbortError"
-
-// Azurite and some SDK paths put the service's error code in `details` or only in the header.
-const errorCode = (error: Record<string, unknown>): string | undefined => {
-  if (typeof error.code === "string") return error.code
-  const details = error.details
-  if (isRecord(details)) {
-    if (typeof details.errorCode === "string") return details.errorCode
-    if (isRecord(details.odataError) && typeof details.odataError.code === "string") return details.odataError.code
-  }
-  const response = error.response
-  if (isRecord(response) && isRecord(response.headers) && typeof response.headers.get === "function") {
-    const header: unknown = (response.headers.get as (name: string) => unknown)("x-ms-error-code")
-    if (typeof header === "string") return header
-  }
-  return undefined
-}
-
-const transientStatuses: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504])
-
-const transientCodes: ReadonlySet<string> = new Set([
-  "ECONNRESET",
-  "ECONNREFUSED",
-  "ECONNABORTED",
-  "ETIMEDOUT",
-  "EPIPE",
-  "EAI_AGAIN",
-  "ENETUNREACH",
-  "EHOSTUNREACH",
-  "REQUEST_SEND_ERROR"
-])
-
-const firstLine = (text: string): string => {
-  const index = text.indexOf("\n")
-  return (index === -1 ? text : text.slice(0, index)).trim()
-}
-
-// Some answers reach the SDK's error as the raw OData error body: take its code and message out.
-const fromODataBody = (message: string): { readonly code?: string; readonly message: string } => {
-  if (!message.startsWith("{")) return { message }
-  try {
-    const body: unknown = JSON.parse(message)
-    const error = isRecord(body) ? body["odata.error"] : undefined
-    if (!isRecord(error)) return { message }
-    const text = isRecord(error.message) && typeof error.message.value === "string" ? error.message.value : message
-    return typeof error.code === "string" ? { code: error.code, message: text } : { message: text }
-  } catch {
-    return { message }
-  }
-}
-
-export const classify = (cause: unknown): Rejection & { readonly transient: boolean } => {
-  const error = isRecord(cause) ? cause : {}
-  const status = typeof error.statusCode === "number" ? error.statusCode : undefined
-  const body = fromODataBody(typeof error.message === "string" ? error.message : String(cause))
-  const code = errorCode(error) ?? body.code
-  const message = firstLine(body.message)
-  const transient = status === undefined
-    ? (code !== undefined && transientCodes.has(code)) || /socket hang up/i.test(message)
-    : transientStatuses.has(status)
-  return { transient, status, code, message }
-}
-
-export const codeOf = (rejection: Pick<Rejection, "status" | "code">): string | undefined =>
-  rejection.code ?? (rejection.status === undefined ? undefined : String(rejection.status))
+  Table.makeClient({ ...options, tableName: options.tableName ?? defaultTableName }, timeoutOf(options)).pipe(
+    Effect.mapError((reason) => new EventStoreFailure({ operation: "configure", reason }))
+  )
 
 const toFailure = (operation: string, streamId: string | undefined, rejection: Rejection) =>
   new EventStoreFailure({ operation, streamId, code: codeOf(rejection), reason: rejection.message })
-
-const isTableMissing = (rejection: Rejection): boolean => rejection.code === "TableNotFound"
-
-// A 404 that is not about the table is about the entity.
-export const isEntityMissing = (rejection: Rejection): boolean => rejection.status === 404 && !isTableMissing(rejection)
 
 // What an append's batch answers when the head is not where the ETag or the insert expected it.
 const isConcurrencyRejection = (rejection: Rejection): boolean =>
@@ -346,7 +157,6 @@ const makeService = (
 ): Effect.Effect<Stores, EventStoreFailure | EventStoreUnavailable> =>
   Effect.gen(function*() {
     const timeout = timeoutOf(options)
-    const timeoutMillis = Duration.toMillis(timeout)
     const schedule = options.retry ?? defaultRetrySchedule
     const cache = new HeadCache(options.headCacheCapacity ?? defaultHeadCacheCapacity)
     const indexed = new IndexedCache(options.headCacheCapacity ?? defaultHeadCacheCapacity)
@@ -360,115 +170,16 @@ const makeService = (
       for (const queue of subscribers) queue.unsafeOffer(committed)
     }
 
-    const timeoutError = (operation: string, streamId: string | undefined) =>
-      new EventStoreUnavailable({
-        operation,
-        streamId,
-        code: "Timeout",
-        reason: `no answer within ${Duration.format(timeout)}`
-      })
-
-    type Outcome<A> = Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable>
-
-    // A failed attempt: a definite answer becomes a value; a transient failure goes to `retry`.
-    const failed = <A>(
-      operation: string,
-      streamId: string | undefined,
-      timedOut: boolean,
-      cause: unknown,
-      retry: (error: EventStoreUnavailable) => Outcome<A>
-    ): Outcome<A> => {
-      if (timedOut) return retry(timeoutError(operation, streamId))
-      const error = classify(cause)
-      return error.transient
-        ? retry(new EventStoreUnavailable({ operation, streamId, code: codeOf(error), reason: error.message }))
-        : Effect.succeed(Either.left(error))
-    }
-
-    const sendSafely = <A>(send: (options: SignalOptions) => Promise<A>, options: SignalOptions): Promise<A> => {
-      try {
-        return send(options)
-      } catch (cause) {
-        return Promise.reject(cause)
-      }
-    }
-
-    // One attempt. On a client this module built, the HTTP pipeline enforces the timeout while
-    // the request waits for an answer (see `timeoutPolicy`), and a timer here covers the rest (a
-    // body that stalls): the request needs no abort signal and the effect no canceller, which keeps
-    // the common path lean (appends are latency-sensitive). An interrupted attempt then ends on its
-    // own within the timeout, its answer dropped. On a caller's client, a timer aborts the request
-    // through a signal, and interruption aborts it too.
-    const attempt = <A>(
-      operation: string,
-      streamId: string | undefined,
-      send: (options: SignalOptions) => Promise<A>,
-      retry: (error: EventStoreUnavailable) => Outcome<A>
-    ): Outcome<A> =>
-      pipelineTimeout
-        ? Effect.async<Either.Either<A, Rejection>, EventStoreUnavailable>((resume) => {
-          let done = false
-          const timer = setTimeout(() => {
-            done = true
-            resume(retry(timeoutError(operation, streamId)))
-          }, timeoutMillis)
-          timer.unref()
-          sendSafely(send, {}).then(
-            (value) => {
-              if (done) return
-              clearTimeout(timer)
-              resume(Effect.succeed(Either.right(value)))
-            },
-            (cause: unknown) => {
-              if (done) return
-              clearTimeout(timer)
-              resume(failed(operation, streamId, isAbortError(cause), cause, retry))
-            }
-          )
-        })
-        : Effect.async<Either.Either<A, Rejection>, EventStoreUnavailable>((resume) => {
-          const controller = new AbortController()
-          let timedOut = false
-          const timer = setTimeout(() => {
-            timedOut = true
-            controller.abort()
-          }, timeoutMillis)
-          sendSafely(send, { abortSignal: controller.signal }).then(
-            (value) => {
-              clearTimeout(timer)
-              resume(Effect.succeed(Either.right(value)))
-            },
-            (cause: unknown) => {
-              clearTimeout(timer)
-              resume(failed(operation, streamId, timedOut, cause, retry))
-            }
-          )
-          return Effect.sync(() => {
-            clearTimeout(timer)
-            controller.abort()
-          })
-        })
-
-    // Attempts under the retry schedule, with the semantics of `Effect.retry`. The schedule is
-    // only started on a first transient failure, from inside the failed attempt, so an attempt
-    // that succeeds pays for nothing more.
-    const request = <A>(
-      operation: string,
-      streamId: string | undefined,
-      send: (options: SignalOptions) => Promise<A>
-    ): Outcome<A> =>
-      attempt(operation, streamId, send, (first) =>
-        Effect.flatMap(Schedule.driver(schedule), (driver) => {
-          const retry = (error: EventStoreUnavailable): Outcome<A> =>
-            Effect.logDebug("Transient event store failure", error.message).pipe(
-              Effect.zipRight(driver.next(error)),
-              Effect.matchEffect({
-                onFailure: () => Effect.fail(error),
-                onSuccess: () => attempt(operation, streamId, send, retry)
-              })
-            )
-          return retry(first)
-        }))
+    // Every SDK call goes through `request`: a timeout per attempt, failures classified once,
+    // transient ones retried under the schedule.
+    const request: Request = Table.makeRequest<string | undefined, EventStoreUnavailable>({
+      timeout,
+      pipelineTimeout,
+      schedule,
+      unavailable: (operation, streamId, code, reason) =>
+        new EventStoreUnavailable({ operation, streamId, code, reason }),
+      retryMessage: "Transient event store failure"
+    })
 
     const orFail = <A>(operation: string, streamId: string | undefined) =>
     (
@@ -830,10 +541,7 @@ const makeService = (
 export const makeStores = (
   options: Api.Options
 ): Effect.Effect<Stores, EventStoreFailure | EventStoreUnavailable> =>
-  Effect.flatMap(makeClient(options), (client) => {
-    client.pipeline.addPolicy(timeoutPolicy(Duration.toMillis(timeoutOf(options))))
-    return makeService(client, options, true)
-  })
+  Effect.flatMap(makeClient(options), (client) => makeService(client, options, true))
 
 export const make = (
   options: Api.Options
@@ -842,11 +550,7 @@ export const make = (
 
 // The outbox side of the store, on the same client and request machinery.
 
-type Request = <A>(
-  operation: string,
-  streamId: string | undefined,
-  send: (options: SignalOptions) => Promise<A>
-) => Effect.Effect<Either.Either<A, Rejection>, EventStoreUnavailable>
+type Request = Table.Request<string | undefined, EventStoreUnavailable>
 
 interface OutboxParts {
   readonly client: TableClient

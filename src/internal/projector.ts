@@ -9,6 +9,7 @@ import { DocumentDecodeError, InvalidDocumentId, ProjectionGap } from "../Projec
 import type { ProjectionStoreService, Revision } from "../ProjectionStore.js"
 import { ProjectionStore } from "../ProjectionStore.js"
 import type * as Api from "../Projector.js"
+import * as Layout from "./projectionLayout.js"
 
 type Tagged = { readonly _tag: string }
 
@@ -68,8 +69,97 @@ interface Outcome<State> {
 
 const isConflict = (error: { readonly _tag: string }): error is DocumentConflict => error._tag === "DocumentConflict"
 
-// Reads the document, applies the items in order, and writes it back once, conditionally; on a
-// conflict, all of it again under the schedule. Items already applied are skipped by their
+/** How many documents the projector remembers per store. */
+export const documentCacheCapacity = 1_000
+
+interface Cached {
+  // The projection whose `decodeState` made `state`: another one of the same name reads again.
+  readonly projection: Projection.Projection<never, unknown>
+  readonly document: Projection.Document<unknown>
+  readonly revision: Revision
+}
+
+// The documents a store last returned or stored through the projector, least recently used
+// first. It only saves the point read before a write: the write's `If-Match` on the cached
+// revision, not the cache, is what makes updates correct. A stale entry makes the write fail
+// with a conflict, and the retry reads the document again.
+class DocumentCache {
+  private readonly documents = new Map<string, Cached>()
+  constructor(private readonly capacity: number) {}
+  get<State>(key: string, projection: Projection.Projection<never, State>): Cached | undefined {
+    const cached = this.documents.get(key)
+    if (cached === undefined) return undefined
+    if (cached.projection !== projection) {
+      this.documents.delete(key)
+      return undefined
+    }
+    this.documents.delete(key)
+    this.documents.set(key, cached)
+    return cached
+  }
+  remember(key: string, cached: Cached): void {
+    this.documents.delete(key)
+    this.documents.set(key, cached)
+    if (this.documents.size > this.capacity) {
+      const oldest = this.documents.keys().next()
+      if (oldest.done !== true) this.documents.delete(oldest.value)
+    }
+  }
+  forget(key: string): void {
+    this.documents.delete(key)
+  }
+}
+
+// One cache per store: revisions mean nothing to another store.
+const caches = new WeakMap<ProjectionStoreService, DocumentCache>()
+
+const cacheOf = (store: ProjectionStoreService): DocumentCache => {
+  let cache = caches.get(store)
+  if (cache === undefined) {
+    cache = new DocumentCache(documentCacheCapacity)
+    caches.set(store, cache)
+  }
+  return cache
+}
+
+interface Folded<State> {
+  readonly document: Projection.Document<State>
+  readonly applied: number
+  readonly skipped: number
+  readonly lastApplied: number
+}
+
+// The items applied in order to a document, or the first gap.
+const fold = <Event, State>(
+  projection: Projection.Projection<Event, State>,
+  start: Projection.Document<State>,
+  items: ReadonlyArray<Item<Event>>,
+  gaps: Projection.GapPolicy
+): Folded<State> | { readonly gap: Item<Event>; readonly lastApplied: number } => {
+  let document = start
+  let applied = 0
+  let skipped = 0
+  let lastApplied = 0
+  for (const item of items) {
+    const result = Projection.apply(projection, document, item.event, item.position, { gaps })
+    if (result._tag === "Updated") {
+      document = result.document
+      applied++
+    } else if (result._tag === "Unchanged") {
+      skipped++
+      lastApplied = result.lastApplied
+    } else {
+      return { gap: item, lastApplied: result.lastApplied }
+    }
+  }
+  return { document, applied, skipped, lastApplied }
+}
+
+// Applies the items in order to the document and writes it back once, conditionally; on a
+// conflict, all of it again under the schedule, from a fresh read. The document comes from the
+// store's cache when the projector has read or written it before, so an update is one
+// conditional write; from a read otherwise, and whenever the cached document would skip an item
+// or stop at a gap (only a fresh read decides those). Items already applied are skipped by their
 // positions, so a retry after an unknown outcome (the write landed, its answer did not) applies
 // nothing twice.
 const applyToDocument = <Event, State>(
@@ -81,81 +171,119 @@ const applyToDocument = <Event, State>(
   retry: Schedule.Schedule<unknown, DocumentConflict>
 ): Effect.Effect<Outcome<State>, Api.ApplyError> => {
   const name = projection.name
-  const attempt: Effect.Effect<
-    Either.Either<Outcome<State>, Exclude<Api.ApplyError, DocumentConflict>>,
-    DocumentConflict
-  > = Effect.gen(function*() {
-    const stored = yield* store.get(name, documentId)
-    let document: Projection.Document<State>
-    if (Option.isSome(stored)) {
+  const key = `${name}${Layout.separator}${documentId}`
+  const cache = cacheOf(store)
+  const owner = projection as unknown as Projection.Projection<never, unknown>
+
+  const write = (
+    folded: Folded<State>,
+    revision: Revision | undefined
+  ): Effect.Effect<Outcome<State>, Api.ApplyError> => {
+    const { applied, document, lastApplied, skipped } = folded
+    if (applied === 0) return Effect.succeed({ state: document.state, applied, skipped, lastApplied, revision })
+    return Effect.matchEffect(
+      store.put(
+        name,
+        documentId,
+        { state: projection.encodeState(document.state), positions: document.positions },
+        revision ?? "new"
+      ),
+      {
+        onFailure: (error) => {
+          // A conflict means the cached revision is stale; any other failure may hide a write
+          // that landed. Either way, the next attempt reads.
+          cache.forget(key)
+          return Effect.fail(error)
+        },
+        onSuccess: (written) => {
+          cache.remember(key, { projection: owner, document, revision: written })
+          return Effect.succeed({ state: document.state, applied, skipped, lastApplied, revision: written })
+        }
+      }
+    )
+  }
+
+  const decide = (
+    start: Projection.Document<State>,
+    revision: Revision | undefined
+  ): Effect.Effect<Outcome<State>, Api.ApplyError> => {
+    const folded = fold(projection, start, items, gaps)
+    if ("gap" in folded) {
+      return Effect.fail(
+        new ProjectionGap({
+          projection: name,
+          documentId,
+          streamId: folded.gap.position.streamId,
+          version: folded.gap.position.version,
+          lastApplied: folded.lastApplied
+        })
+      )
+    }
+    return write(folded, revision)
+  }
+
+  const fromStore: Effect.Effect<Outcome<State>, Api.ApplyError> = Effect.flatMap(
+    store.get(name, documentId),
+    (stored) => {
+      if (Option.isNone(stored)) {
+        cache.forget(key)
+        return decide(Projection.empty(projection), undefined)
+      }
       const state = projection.decodeState(stored.value.state)
       if (Either.isLeft(state)) {
-        return yield* Effect.fail(new DocumentDecodeError({ projection: name, documentId, reason: state.left }))
+        cache.forget(key)
+        return Effect.fail(new DocumentDecodeError({ projection: name, documentId, reason: state.left }))
       }
-      document = { state: state.right, positions: stored.value.positions }
-    } else {
-      document = Projection.empty(projection)
+      const document: Projection.Document<State> = { state: state.right, positions: stored.value.positions }
+      cache.remember(key, { projection: owner, document, revision: stored.value.revision })
+      return decide(document, stored.value.revision)
     }
-    let applied = 0
-    let skipped = 0
-    let lastApplied = 0
-    for (const item of items) {
-      const result = Projection.apply(projection, document, item.event, item.position, { gaps })
-      if (result._tag === "Updated") {
-        document = result.document
-        applied++
-      } else if (result._tag === "Unchanged") {
-        skipped++
-        lastApplied = result.lastApplied
-      } else {
-        return yield* Effect.fail(
-          new ProjectionGap({
-            projection: name,
-            documentId,
-            streamId: item.position.streamId,
-            version: item.position.version,
-            lastApplied: result.lastApplied
-          })
-        )
-      }
-    }
-    const revision = Option.isSome(stored) ? stored.value.revision : undefined
-    if (applied === 0) {
-      return Either.right({ state: document.state, applied, skipped, lastApplied, revision })
-    }
-    const written = yield* store.put(
-      name,
-      documentId,
-      { state: projection.encodeState(document.state), positions: document.positions },
-      revision ?? "new"
+  )
+
+  const attempt: Effect.Effect<Outcome<State>, Api.ApplyError> = Effect.suspend(() => {
+    const cached = cache.get(key, owner)
+    if (cached === undefined) return fromStore
+    const folded = fold(projection, cached.document as Projection.Document<State>, items, gaps)
+    if ("gap" in folded || folded.applied < items.length) return fromStore
+    // A conflict here is the cache's being stale (or another writer's): read at once, as an
+    // update without the cache would have, before counting on the schedule.
+    return Effect.catchIf(write(folded, cached.revision), isConflict, () => fromStore)
+  })
+
+  // Conflicts retried with the semantics of `Effect.retry`; the schedule is only started on a
+  // first conflict, so an update that succeeds pays for nothing more.
+  const retried = Effect.catchIf(attempt, isConflict, (first) =>
+    Effect.flatMap(Schedule.driver(retry), (driver) => {
+      const again = (error: DocumentConflict): Effect.Effect<Outcome<State>, Api.ApplyError> =>
+        Effect.matchEffect(driver.next(error), {
+          onFailure: () => Effect.fail(error),
+          onSuccess: () => Effect.catchIf(attempt, isConflict, again)
+        })
+      return again(first)
+    }))
+
+  return Effect.tap(retried, (outcome) => {
+    const counters = countersOf(name)
+    if (outcome.skipped === 0) return Metric.incrementBy(counters.updates, outcome.applied)
+    if (outcome.applied === 0) return Metric.incrementBy(counters.duplicates, outcome.skipped)
+    return Effect.zipRight(
+      Metric.incrementBy(counters.updates, outcome.applied),
+      Metric.incrementBy(counters.duplicates, outcome.skipped)
     )
-    return Either.right({ state: document.state, applied, skipped, lastApplied, revision: written })
-  }).pipe(
-    Effect.catchAll((error) => isConflict(error) ? Effect.fail(error) : Effect.succeed(Either.left(error)))
-  )
-  return attempt.pipe(
-    Effect.retry(retry),
-    Effect.flatten,
-    Effect.tap((outcome) => {
-      const counters = countersOf(name)
-      return Effect.zipRight(
-        outcome.applied === 0 ? Effect.void : Metric.incrementBy(counters.updates, outcome.applied),
-        outcome.skipped === 0 ? Effect.void : Metric.incrementBy(counters.duplicates, outcome.skipped)
-      )
-    })
-  )
+  })
 }
 
+const reserved = (projection: string, documentId: string): Effect.Effect<never, InvalidDocumentId> =>
+  Effect.fail(
+    new InvalidDocumentId({
+      projection,
+      documentId,
+      reason: `document ids starting with "${reservedPrefix}" are reserved for the projector`
+    })
+  )
+
 const checkDocumentId = (projection: string, documentId: string): Effect.Effect<string, InvalidDocumentId> =>
-  documentId.startsWith(reservedPrefix)
-    ? Effect.fail(
-      new InvalidDocumentId({
-        projection,
-        documentId,
-        reason: `document ids starting with "${reservedPrefix}" are reserved for the projector`
-      })
-    )
-    : Effect.succeed(documentId)
+  documentId.startsWith(reservedPrefix) ? reserved(projection, documentId) : Effect.succeed(documentId)
 
 export const project = <Event extends Tagged, State>(
   projection: Projection.Projection<Event, State>,
@@ -171,33 +299,32 @@ export const project = <Event extends Tagged, State>(
     if (documentId === undefined) return Effect.succeed({ _tag: "Ignored" })
     const position = { streamId: recorded.streamId, version: recorded.version }
     return Effect.flatMap(ProjectionStore, (store) =>
-      checkDocumentId(projection.name, documentId).pipe(
-        Effect.zipRight(
-          applyToDocument(
-            store,
-            projection,
-            documentId,
-            [{ event, position }],
-            options.gaps ?? Projection.defaultGapPolicy,
-            options.retry ?? defaultConflictRetry
-          )
-        ),
-        Effect.map((outcome): Api.ProjectResult<State> =>
-          outcome.applied === 0
-            ? { _tag: "Skipped", documentId, lastApplied: outcome.lastApplied }
-            : { _tag: "Updated", documentId, state: outcome.state, revision: outcome.revision as Revision }
-        ),
-        Effect.tap((result) => Effect.annotateCurrentSpan("outcome", result._tag)),
-        Effect.withSpan("Projection.apply", {
-          captureStackTrace: false,
-          attributes: {
-            projection: projection.name,
-            documentId,
-            streamId: recorded.streamId,
-            version: recorded.version
-          }
-        })
-      ))
+      (documentId.startsWith(reservedPrefix)
+        ? reserved(projection.name, documentId)
+        : applyToDocument(
+          store,
+          projection,
+          documentId,
+          [{ event, position }],
+          options.gaps ?? Projection.defaultGapPolicy,
+          options.retry ?? defaultConflictRetry
+        )).pipe(
+          Effect.map((outcome): Api.ProjectResult<State> =>
+            outcome.applied === 0
+              ? { _tag: "Skipped", documentId, lastApplied: outcome.lastApplied }
+              : { _tag: "Updated", documentId, state: outcome.state, revision: outcome.revision as Revision }
+          ),
+          Effect.tap((result) => Effect.annotateCurrentSpan("outcome", result._tag)),
+          Effect.withSpan("Projection.apply", {
+            captureStackTrace: false,
+            attributes: {
+              projection: projection.name,
+              documentId,
+              streamId: recorded.streamId,
+              version: recorded.version
+            }
+          })
+        ))
   })
 
 // Rebuild
