@@ -68,6 +68,9 @@ describe("ServiceBusError", () => {
     // The SDK's own wrapping keeps the system code only in the message.
     const wrapped = new SdkServiceBusError("ECONNRESET: socket hang up", "GeneralError")
     assert.strictEqual(fromSdkError(wrapped, context)._tag, "ConnectionLost")
+    // A receive written to a socket that just broke.
+    const broken = new SdkServiceBusError("GeneralError: EPIPE: write EPIPE", "GeneralError")
+    assert.strictEqual(fromSdkError(broken, context)._tag, "ConnectionLost")
 
     // rhea-promise's plain errors while a connection opens.
     assert.strictEqual(fromSdkError(new Error("Failed to connect"), context)._tag, "ConnectionLost")

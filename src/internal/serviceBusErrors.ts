@@ -117,10 +117,11 @@ export const fromSdkError = (cause: unknown, context: ErrorContext): SdkError =>
   const base = { operation: context.operation, entity: context.entity, reason }
   const entity = context.entity ?? "unknown"
 
-  // `GeneralError: ECONNRESET: ...`: the SDK keeps the system code only in the message.
+  // `ECONNRESET: ...`, or `GeneralError: EPIPE: write EPIPE` (a write to a socket that just
+  // broke): the SDK keeps the system code only in the message.
   const systemCode = code !== undefined && connectionCodes.has(code)
     ? code
-    : /^(E[A-Z_]+):/.exec(reason)?.[1]
+    : /^(?:[A-Za-z]*Error: )?(E[A-Z_]+):/.exec(reason)?.[1]
   if (systemCode !== undefined && connectionCodes.has(systemCode)) {
     return new ConnectionLost({ ...base, code: systemCode })
   }

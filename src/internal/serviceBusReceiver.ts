@@ -6,18 +6,22 @@ import { Duration, Effect, Scope } from "effect"
 import Long from "long"
 import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
+import type { ReceiveError } from "../ServiceBusError.js"
 import { MessageNotFound } from "../ServiceBusError.js"
 import { fromSdkMessage } from "./messageCodec.js"
 import type { RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
+import { boundedAttempt } from "./messageRetry.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { receiveError, settleError } from "./serviceBusErrors.js"
 
-const call = <A>(context: ErrorContext, f: (signal: AbortSignal) => Promise<A>) =>
-  Effect.tryPromise({ try: f, catch: (cause) => receiveError(cause, context) })
+// Every SDK call is one attempt bounded in time (see `boundedAttempt`): on timeout the abort
+// signal fires, and the transient `OperationTimeout` goes to the retry schedule.
+const call = <A>(context: ErrorContext, limit: Duration.Duration, f: (signal: AbortSignal) => Promise<A>) =>
+  boundedAttempt(Effect.tryPromise({ try: f, catch: (cause) => receiveError(cause, context) }), limit, context)
 
-const callSettle = <A>(context: ErrorContext, f: () => Promise<A>) =>
-  Effect.tryPromise({ try: f, catch: (cause) => settleError(cause, context) })
+const callSettle = <A>(context: ErrorContext, limit: Duration.Duration, f: () => Promise<A>) =>
+  boundedAttempt(Effect.tryPromise({ try: f, catch: (cause) => settleError(cause, context) }), limit, context)
 
 const toLong = (value: bigint): Long => Long.fromString(value.toString())
 
@@ -26,6 +30,7 @@ export const make = (
 ): Effect.Effect<MessageReceiverService, never, ServiceBusClient | Scope.Scope> =>
   Effect.gen(function*() {
     const client = yield* ServiceBusClient
+    const limit = client.operationTimeout
     const receiverOptions = (source: Source): ServiceBusReceiverOptions => {
       const common: ServiceBusReceiverOptions = {
         receiveMode: "peekLock",
@@ -35,6 +40,12 @@ export const make = (
       return source.deadLetter ? { ...common, subQueueType: "deadLetter" } : common
     }
 
+    const closeQuietly = (receiver: ServiceBusReceiver) =>
+      Effect.promise(() => receiver.close()).pipe(
+        Effect.timeout("10 seconds"),
+        Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus receiver did not close cleanly", cause))
+      )
+
     const openReceiver = (source: Source): Effect.Effect<ServiceBusReceiver, never, Scope.Scope> =>
       Effect.acquireRelease(
         Effect.sync(() =>
@@ -42,11 +53,7 @@ export const make = (
             ? client.sdk.createReceiver(source.queue, receiverOptions(source))
             : client.sdk.createReceiver(source.topic, source.subscription, receiverOptions(source))
         ),
-        (receiver) =>
-          Effect.promise(() => receiver.close()).pipe(
-            Effect.timeout("10 seconds"),
-            Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus receiver did not close cleanly", cause))
-          )
+        closeQuietly
       )
 
     const rawDelivery = (receiver: ServiceBusReceiver, entity: string, sdk: ServiceBusReceivedMessage): RawDelivery => {
@@ -60,13 +67,13 @@ export const make = (
       const settle = (settlement: Settlement) => {
         switch (settlement._tag) {
           case "Complete":
-            return callSettle(context("complete"), () => receiver.completeMessage(sdk))
+            return callSettle(context("complete"), limit, () => receiver.completeMessage(sdk))
           case "Abandon":
-            return callSettle(context("abandon"), () => receiver.abandonMessage(sdk, settlement.properties))
+            return callSettle(context("abandon"), limit, () => receiver.abandonMessage(sdk, settlement.properties))
           case "Defer":
-            return callSettle(context("defer"), () => receiver.deferMessage(sdk, settlement.properties))
+            return callSettle(context("defer"), limit, () => receiver.deferMessage(sdk, settlement.properties))
           case "DeadLetter":
-            return callSettle(context("deadLetter"), () =>
+            return callSettle(context("deadLetter"), limit, () =>
               receiver.deadLetterMessage(sdk, {
                 ...settlement.properties,
                 deadLetterReason: settlement.reason,
@@ -77,7 +84,7 @@ export const make = (
       return {
         message,
         settle,
-        renewLock: callSettle(context("renewLock"), () => receiver.renewMessageLock(sdk))
+        renewLock: callSettle(context("renewLock"), limit, () => receiver.renewMessageLock(sdk))
       }
     }
 
@@ -85,15 +92,30 @@ export const make = (
     // can share one SDK receiver per source for the lifetime of the layer.
     const layerScope = yield* Effect.scope
     const shared = new Map<string, ServiceBusReceiver>()
-    const sharedReceiver = (source: Source) =>
+    const sharedReceiver = (source: Source, key: string) =>
       Effect.suspend(() => {
-        const key = Receiver.entityPath(source).toLowerCase()
         const existing = shared.get(key)
         if (existing !== undefined) return Effect.succeed(existing)
         return Effect.tap(
           Scope.extend(openReceiver(source), layerScope),
           (receiver) => Effect.sync(() => shared.set(key, receiver))
         )
+      })
+    // A shared receiver whose call timed out or lost its connection may be stuck (opening its
+    // management link behind a reconnection that never completes): the next call gets a fresh
+    // one. The old one is closed with the layer, not now, since deferred messages received
+    // through it may still be settled through it.
+    const withShared = <A, E extends ReceiveError>(
+      source: Source,
+      f: (receiver: ServiceBusReceiver) => Effect.Effect<A, E>
+    ) =>
+      Effect.suspend(() => {
+        const key = Receiver.entityPath(source).toLowerCase()
+        return Effect.flatMap(sharedReceiver(source, key), (receiver) =>
+          Effect.tapError(f(receiver), (error) =>
+            (error._tag === "ConnectionLost" || error._tag === "OperationTimeout") && shared.get(key) === receiver
+              ? Effect.sync(() => shared.delete(key))
+              : Effect.void))
       })
 
     const backend: ReceiverBackend = {
@@ -105,18 +127,28 @@ export const make = (
             receive: (maxMessages, maxWait) =>
               call(
                 { operation: "receive", entity },
+                Duration.sum(maxWait, limit),
                 (abortSignal) =>
                   receiver.receiveMessages(maxMessages, { maxWaitTimeInMs: Duration.toMillis(maxWait), abortSignal })
-              ).pipe(Effect.map((messages) => messages.map((sdk) => rawDelivery(receiver, entity, sdk))))
+              ).pipe(Effect.map((messages) =>
+                messages.map((sdk) => rawDelivery(receiver, entity, sdk))
+              ))
           }
         }),
       receiveDeferred: (source, sequenceNumbers) =>
         Effect.gen(function*() {
           const entity = Receiver.entityPath(source)
-          const receiver = yield* sharedReceiver(source)
           const context = { operation: "receiveDeferred", entity, sequenceNumbers }
-          const messages = yield* call(context, () => receiver.receiveDeferredMessages(sequenceNumbers.map(toLong)))
-          const deliveries = messages.map((sdk) => rawDelivery(receiver, entity, sdk))
+          const [receiver, messages] = yield* withShared(source, (receiver) =>
+            Effect.map(
+              call(context, limit, (abortSignal) =>
+                receiver.receiveDeferredMessages(sequenceNumbers.map(toLong), { abortSignal })),
+              (messages) =>
+                [receiver, messages] as const
+            ))
+          const deliveries = messages.map((sdk) =>
+            rawDelivery(receiver, entity, sdk)
+          )
           const found = new Set(deliveries.map((delivery) => delivery.message.sequenceNumber))
           const missing = sequenceNumbers.filter((sequenceNumber) => !found.has(sequenceNumber))
           if (missing.length > 0) {
@@ -131,14 +163,18 @@ export const make = (
       peek: (source, maxMessages, fromSequenceNumber) =>
         Effect.gen(function*() {
           const entity = Receiver.entityPath(source)
-          const receiver = yield* sharedReceiver(source)
           // Always from an explicit sequence number: without one, the SDK continues from where the
           // previous peek on this receiver stopped.
-          const messages = yield* call(
-            { operation: "peek", entity },
-            (abortSignal) =>
-              receiver.peekMessages(maxMessages, { fromSequenceNumber: toLong(fromSequenceNumber ?? 0n), abortSignal })
-          )
+          const messages = yield* withShared(source, (receiver) =>
+            call(
+              { operation: "peek", entity },
+              limit,
+              (abortSignal) =>
+                receiver.peekMessages(maxMessages, {
+                  fromSequenceNumber: toLong(fromSequenceNumber ?? 0n),
+                  abortSignal
+                })
+            ))
           return messages.map((sdk) => fromSdkMessage(entity, sdk, true))
         })
     }

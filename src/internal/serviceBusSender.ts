@@ -5,11 +5,19 @@ import type { Scope } from "effect"
 import { Effect } from "effect"
 import type { MessageSenderService, ServiceBusOptions } from "../MessageSender.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
-import { BatchTooLarge, InvalidMessage, MessageTooLarge, ServiceBusFailure } from "../ServiceBusError.js"
+import type { SendError } from "../ServiceBusError.js"
+import {
+  BatchTooLarge,
+  ConnectionLost,
+  InvalidMessage,
+  MessageTooLarge,
+  ServiceBusFailure
+} from "../ServiceBusError.js"
 import type { Checked } from "./messageCodec.js"
 import { defaultMaxBatchBytes, encodeBodies, sizeAlone, toSdkMessage } from "./messageCodec.js"
-import { retryTransient } from "./messageRetry.js"
+import { boundedAttempt, retryTransient } from "./messageRetry.js"
 import * as Sender from "./messageSender.js"
+import type { ErrorContext } from "./serviceBusErrors.js"
 import { redact, sendError } from "./serviceBusErrors.js"
 
 export const make = (
@@ -19,23 +27,22 @@ export const make = (
     const client = yield* ServiceBusClient
     const retry = options.retry ?? client.retry
     const senders = new Map<string, ServiceBusSender>()
+    const layerScope = yield* Effect.scope
+
+    const closeQuietly = (sender: ServiceBusSender) =>
+      Effect.promise(() => sender.close()).pipe(
+        Effect.timeout("10 seconds"),
+        Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus sender did not close cleanly", cause))
+      )
 
     yield* Effect.addFinalizer(() =>
-      Effect.forEach(
-        Array.from(senders.values()),
-        (sender) =>
-          Effect.promise(() => sender.close()).pipe(
-            Effect.timeout("10 seconds"),
-            Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus sender did not close cleanly", cause))
-          ),
-        { concurrency: "unbounded", discard: true }
-      ).pipe(Effect.andThen(Effect.sync(() => senders.clear())))
+      Effect.forEach(Array.from(senders.values()), closeQuietly, { concurrency: "unbounded", discard: true }).pipe(
+        Effect.andThen(Effect.sync(() => senders.clear()))
+      )
     )
 
-    const senderFor = (destination: string) =>
+    const senderFor = (destination: string, key: string) =>
       Effect.suspend(() => {
-        // Entity names are case-insensitive on Service Bus.
-        const key = destination.toLowerCase()
         const existing = senders.get(key)
         if (existing !== undefined) return Effect.succeed(existing)
         return Effect.try({
@@ -47,6 +54,62 @@ export const make = (
           catch: (cause) => sendError(cause, { operation: "createSender", entity: destination })
         })
       })
+
+    // After a lost connection or an attempt that timed out, the SDK sender may be stuck (opening
+    // its link behind a reconnection that never completes, holding the lock its next attempts
+    // wait for): it is replaced by a fresh one, and closed in the background.
+    const replace = (key: string, sender: ServiceBusSender) =>
+      Effect.suspend(() => {
+        if (senders.get(key) !== sender) return Effect.void
+        senders.delete(key)
+        return Effect.asVoid(Effect.forkIn(closeQuietly(sender), layerScope))
+      })
+
+    // One attempt of one SDK call on the destination's current sender, bounded by the operation
+    // timeout.
+    const attempt = <A>(
+      destination: string,
+      context: ErrorContext,
+      f: (sender: ServiceBusSender) => Promise<A>
+    ): Effect.Effect<A, SendError> => {
+      // Entity names are case-insensitive on Service Bus.
+      const key = destination.toLowerCase()
+      return Effect.flatMap(senderFor(destination, key), (sender) => {
+        if (sender.isClosed) {
+          return Effect.fail(
+            new ServiceBusFailure({
+              operation: context.operation,
+              entity: destination,
+              reason: "the sender is closed (its scope or the client was closed)"
+            })
+          )
+        }
+        return boundedAttempt(
+          Effect.tryPromise({ try: () => f(sender), catch: (cause) => sendError(cause, context) }),
+          client.operationTimeout,
+          context
+        ).pipe(
+          Effect.catchAll((error): Effect.Effect<never, SendError> => {
+            if (error._tag === "ConnectionLost" || error._tag === "OperationTimeout") {
+              return Effect.zipRight(replace(key, sender), Effect.fail(error))
+            }
+            // A call on a sender replaced meanwhile by a concurrent send fails as closed: the
+            // next attempt takes the new one.
+            if (error._tag === "ServiceBusFailure" && senders.get(key) !== sender) {
+              return Effect.fail(
+                new ConnectionLost({
+                  operation: context.operation,
+                  entity: destination,
+                  code: "SenderReplaced",
+                  reason: error.reason
+                })
+              )
+            }
+            return Effect.fail(error)
+          })
+        )
+      })
+    }
 
     // The batch size limit of each destination, learnt from its link on the first send: an
     // emulator may not advertise one (rhea then reads undefined or 0), and the configured limit
@@ -75,14 +138,6 @@ export const make = (
     const send = (destination: string, messages: ReadonlyArray<Checked>, split: boolean) =>
       Effect.gen(function*() {
         const key = destination.toLowerCase()
-        const sender = yield* senderFor(destination)
-        if (sender.isClosed) {
-          return yield* new ServiceBusFailure({
-            operation: "send",
-            entity: destination,
-            reason: "the sender is closed (its scope or the client was closed)"
-          })
-        }
         const sdkMessages = messages.map(toSdkMessage)
         const context = { operation: "send", entity: destination, messageId: messages[0].message.messageId }
 
@@ -107,15 +162,12 @@ export const make = (
         // The common case in one promise: one batch that takes every message, sent at once.
         // Anything else (an invalid or oversized message, several batches) goes the long way.
         const first = yield* retryTransient(
-          Effect.tryPromise({
-            try: async () => {
-              const batch = await createBatch(sender, key)
-              const stopped = fill(batch, 0)
-              if (stopped !== messages.length) return { batch, stopped }
-              await sender.sendMessages(batch)
-              return undefined
-            },
-            catch: (cause) => sendError(cause, context)
+          attempt(destination, context, async (sender) => {
+            const batch = await createBatch(sender, key)
+            const stopped = fill(batch, 0)
+            if (stopped !== messages.length) return { batch, stopped }
+            await sender.sendMessages(batch)
+            return undefined
           }),
           retry
         )
@@ -152,10 +204,11 @@ export const make = (
           }
           batches.push(batch)
           batch = yield* retryTransient(
-            Effect.tryPromise({
-              try: () => sender.createMessageBatch(sized === undefined ? {} : { maxSizeInBytes: sized }),
-              catch: (cause) => sendError(cause, { ...context, operation: "createMessageBatch" })
-            }),
+            attempt(
+              destination,
+              { ...context, operation: "createMessageBatch" },
+              (sender) => sender.createMessageBatch(sized === undefined ? {} : { maxSizeInBytes: sized })
+            ),
             retry
           )
           stopped = fill(batch, index)
@@ -167,10 +220,7 @@ export const make = (
           yield* retryTransient(
             // No abort signal: an interrupted send could not be taken back anyway (the broker may
             // already have it), and passing one costs a measurable share of a send.
-            Effect.tryPromise({
-              try: () => sender.sendMessages(ready),
-              catch: (cause) => sendError(cause, { ...context, maxBytes })
-            }),
+            attempt(destination, { ...context, maxBytes }, (sender) => sender.sendMessages(ready)),
             retry
           )
         }

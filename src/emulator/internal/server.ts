@@ -181,8 +181,13 @@ export class EmulatorServer {
   closeConnections(abrupt: boolean): number {
     const all = [...this.connections.values()]
     for (const conn of all) {
-      if (abrupt) conn.connection.socket?.destroy()
-      else {
+      if (abrupt) {
+        // The connection is gone at once, as when a broker node fails: its links are released now,
+        // not when the socket's close event comes, so that nothing more is delivered on them and a
+        // graceful close right after does not write to a dead connection.
+        conn.connection.socket?.destroy()
+        this.dropConnection(conn)
+      } else {
         conn.connection.close({
           condition: "amqp:connection:forced",
           description: "The emulator closed the connection."
