@@ -143,3 +143,11 @@ export * as AzureTableProjectionStore from "./AzureTableProjectionStore.js"
  * @since 0.1.0
  */
 export * as Projector from "./Projector.js"
+
+/**
+ * Runs handlers over a queue or subscription: one write per message, committed atomically with
+ * its outgoing messages.
+ *
+ * @since 0.1.0
+ */
+export * as MessageProcessor from "./MessageProcessor.js"

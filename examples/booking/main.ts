@@ -5,7 +5,7 @@
  * With `AZURE_STORAGE_CONNECTION_STRING` set, it uses that storage account; without it, it
  * starts Azurite in process (in memory, on a free port) and stops it on exit.
  *
- *     npm start
+ *     npm run example:booking
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Config, Console, Effect, Layer, Option, Schedule } from "effect"

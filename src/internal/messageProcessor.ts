@@ -1,0 +1,644 @@
+// The processor's engine, shared by every transport: a receive loop that keeps at most
+// `concurrency` messages in flight (it receives as many as there are free slots), one fiber per
+// message that decodes, dispatches, retries transient failures, and commits or settles, and a
+// shutdown that stops the loop, waits for the fibers, and abandons what is left.
+import type { Scope } from "effect"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  FiberSet,
+  Metric,
+  MetricBoundaries,
+  Option,
+  ParseResult,
+  Schedule,
+  Schema,
+  Stream,
+  SubscriptionRef,
+  Tracer
+} from "effect"
+import * as Aggregate from "../Aggregate.js"
+import type { EventCodec } from "../EventCodec.js"
+import type { RecordedEvent } from "../EventStore.js"
+import { EventStore } from "../EventStore.js"
+import { isTransient as isEventStoreTransient } from "../EventStoreError.js"
+import type { OutgoingMessage } from "../Message.js"
+import { decodeBody, idFromMessage, traceparentOf } from "../Message.js"
+import type * as Api from "../MessageProcessor.js"
+import { CurrentMessage, HandlerDefect, NotAnEventMessage, UnknownMessageType } from "../MessageProcessor.js"
+import type { Settlement } from "../MessageReceiver.js"
+import { entityPath } from "../MessageReceiver.js"
+import { propertyNames as outboxProperties } from "../Outbox.js"
+import type { Projection } from "../Projection.js"
+import { isTransient as isProjectionTransient } from "../ProjectionError.js"
+import type { ProjectionStore } from "../ProjectionStore.js"
+import * as Projector from "../Projector.js"
+import { MessageEncodeError } from "../ServiceBusError.js"
+import { isTransient as isTransactionTransient } from "../ServiceBusTransaction.js"
+import type { Dispatch, Inbound } from "./messageProcessorTransport.js"
+import { implOf } from "./messageProcessorTransport.js"
+
+export const propertyNames = {
+  retryCount: "retryCount",
+  originalMessageId: "originalMessageId"
+} as const
+
+export const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(3)),
+  Schedule.asVoid
+)
+
+const defaultConcurrency = 8
+const defaultReceiveWait = Duration.seconds(10)
+const defaultMaxAttempts = 10
+const defaultShutdownTimeout = Duration.seconds(30)
+// Dead-letter descriptions are application properties (32 KB each at most on Service Bus).
+const maxDescriptionLength = 4096
+// Pause between failed receives (connection lost, entity busy): the loop never gives up.
+const receiveBackoff = Schedule.exponential("100 millis").pipe(Schedule.union(Schedule.spaced("5 seconds")))
+
+export const metrics = {
+  processed: Metric.counter("message_processor_messages_processed", {
+    description: "Messages handled and committed",
+    incremental: true
+  }),
+  retries: Metric.counter("message_processor_retries", {
+    description: "In-process retries of transient failures, and redeliveries asked for after a failed attempt",
+    incremental: true
+  }),
+  deadLetters: Metric.counter("message_processor_dead_letters", {
+    description: "Messages moved to the dead-letter queue by the processor",
+    incremental: true
+  }),
+  commitFailures: Metric.counter("message_processor_commit_failures", {
+    description: "Commits (completion with outgoing messages) that failed",
+    incremental: true
+  }),
+  duration: Metric.histogram(
+    "message_processor_handle_ms",
+    MetricBoundaries.exponential({ start: 1, factor: 2, count: 16 }),
+    "Milliseconds from a message's receipt to its settlement"
+  )
+}
+
+const zero: Api.Stats = {
+  received: 0,
+  completed: 0,
+  abandoned: 0,
+  rescheduled: 0,
+  deadLettered: 0,
+  retries: 0,
+  commitFailures: 0,
+  inFlight: 0
+}
+
+export const handler = <A, I, E, R>(
+  schema: Schema.Schema<A, I>,
+  handle: (body: A, context: Api.MessageContext) => Effect.Effect<unknown, E, R>
+): Api.Handler<E, R> => ({
+  decode: decodeBody(schema),
+  handle: (body, context) => handle(body as A, context)
+})
+
+const defaultIsTransient = (error: unknown): boolean =>
+  isTransactionTransient(error) || isEventStoreTransient(error) || isProjectionTransient(error)
+
+const tagOf = (error: unknown): string => {
+  if (typeof error === "object" && error !== null) {
+    if ("_tag" in error && typeof error._tag === "string") return error._tag
+    if (error instanceof Error) return error.name
+  }
+  return "HandlerFailed"
+}
+
+const describe = (error: unknown): string => {
+  let text: string
+  if (error instanceof Error || (typeof error === "object" && error !== null && "message" in error)) {
+    text = String((error as { readonly message: unknown }).message)
+  } else if (typeof error === "string") {
+    text = error
+  } else {
+    try {
+      text = JSON.stringify(error) ?? String(error)
+    } catch {
+      text = String(error)
+    }
+  }
+  return text.length > maxDescriptionLength ? `${text.slice(0, maxDescriptionLength - 1)}…` : text
+}
+
+const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
+
+const parentSpanOf = (traceparent: string | undefined): Tracer.ExternalSpan | undefined => {
+  const match = traceparent === undefined ? null : traceparentPattern.exec(traceparent)
+  if (match === null) return undefined
+  return Tracer.externalSpan({
+    traceId: match[1],
+    spanId: match[2],
+    sampled: (Number.parseInt(match[3], 16) & 1) === 1
+  })
+}
+
+const currentTraceparent: Effect.Effect<string | undefined> = Effect.map(
+  Effect.option(Effect.currentSpan),
+  (span) => Option.isSome(span) ? traceparentOf(span.value) : undefined
+)
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] }
+
+export const run = <H extends Api.Handlers, R>(
+  options: Api.Options<H, R>
+): Effect.Effect<Api.Processor, Api.StartError, R | Api.HandlerContext<H[keyof H]> | Scope.Scope> =>
+  Effect.gen(function*() {
+    const transport = implOf(options.transport)
+    const source = options.source
+    const entity = entityPath(source)
+    const handlers: Api.Handlers = options.handlers
+    const known = Object.keys(handlers)
+    const concurrency = Math.max(1, Math.floor(options.concurrency ?? defaultConcurrency))
+    const receiveWait = Duration.decode(options.receiveWait ?? defaultReceiveWait)
+    const maxAttempts = Math.max(1, Math.floor(options.maxAttempts ?? defaultMaxAttempts))
+    const shutdownTimeout = Duration.decode(options.shutdownTimeout ?? defaultShutdownTimeout)
+    const retry = options.retry ?? defaultRetry
+    const isTransient = (options.isTransient ?? defaultIsTransient) as (error: unknown) => boolean
+    const delayedRetry = options.delayedRetry
+    const delayOf = (attempt: number): Duration.Duration =>
+      Duration.decode(typeof delayedRetry === "function" ? delayedRetry(attempt) : delayedRetry ?? 0)
+    const counters = {
+      processed: Metric.tagged(metrics.processed, "entity", entity),
+      retries: Metric.tagged(metrics.retries, "entity", entity),
+      deadLetters: Metric.tagged(metrics.deadLetters, "entity", entity),
+      commitFailures: Metric.tagged(metrics.commitFailures, "entity", entity),
+      duration: Metric.tagged(metrics.duration, "entity", entity)
+    }
+
+    // The handlers' services, captured once: the fibers run in the processor's scope.
+    const services = yield* Effect.context<never>()
+    const link = yield* transport.open({
+      source,
+      destinations: options.destinations ?? [],
+      lockRenewal: options.lockRenewal
+    })
+    const stats = yield* SubscriptionRef.make(zero)
+    const bump = (f: (stats: Mutable<Api.Stats>) => void) =>
+      SubscriptionRef.update(stats, (current) => {
+        const next = { ...current }
+        f(next)
+        return next
+      })
+
+    // ---------------------------------------------------------------------------------------
+    // One message
+
+    const processOne = (item: Inbound): Effect.Effect<void> => {
+      const message = item.message
+      const props = message.applicationProperties ?? {}
+      const original = props[propertyNames.originalMessageId]
+      const messageId = typeof original === "string" && original.length > 0
+        ? original
+        : message.messageId ?? `${entity}#${message.sequenceNumber}`
+      const previous = Number(props[propertyNames.retryCount] ?? 0)
+      const earlierAttempts = Number.isFinite(previous) && previous > 0 ? Math.floor(previous) : 0
+      const attempt = earlierAttempts + message.deliveryCount
+      const subject = message.subject
+      const correlationId = message.correlationId ?? messageId
+      const attributes = {
+        entity,
+        messageId,
+        subject: subject ?? "",
+        deliveryCount: message.deliveryCount,
+        attempt,
+        mode: transport.mode
+      }
+
+      const makeContext = (buffer: Array<Dispatch>, retry: number): Api.MessageContext => {
+        let index = 0
+        const complete = (outgoing: Api.Outgoing, traceparent: string | undefined): OutgoingMessage => {
+          const position = index++
+          const full: Mutable<OutgoingMessage> = {
+            ...outgoing,
+            messageId: outgoing.messageId ?? idFromMessage(messageId, position),
+            correlationId: outgoing.correlationId ?? correlationId,
+            causationId: outgoing.causationId ?? messageId
+          }
+          const trace = outgoing.traceparent ?? traceparent
+          if (trace !== undefined) full.traceparent = trace
+          return full
+        }
+        const send = (destination: string, messages: Api.Outgoing | ReadonlyArray<Api.Outgoing>) =>
+          Effect.flatMap(currentTraceparent, (traceparent) =>
+            Effect.sync(() => {
+              const list: ReadonlyArray<Api.Outgoing> = Array.isArray(messages)
+                ? messages
+                : [messages as Api.Outgoing]
+              buffer.push({ destination, messages: list.map((outgoing) => complete(outgoing, traceparent)) })
+            }))
+        return {
+          message,
+          entity,
+          messageId,
+          subject: subject ?? "",
+          correlationId,
+          causationId: message.causationId,
+          deliveryCount: message.deliveryCount,
+          attempt,
+          retry,
+          enqueuedTime: message.enqueuedTime,
+          traceparent: message.traceparent,
+          send,
+          publish: <A, I>(destination: string, schema: Schema.Schema<A, I>, body: A, fields?: Api.PublishFields) =>
+            Schema.encode(schema)(body).pipe(
+              Effect.mapError((error) =>
+                new MessageEncodeError({
+                  ...(fields?.messageId === undefined ? {} : { messageId: fields.messageId }),
+                  reason: ParseResult.TreeFormatter.formatErrorSync(error)
+                })
+              ),
+              Effect.flatMap((encoded) => {
+                const tag = typeof body === "object" && body !== null && "_tag" in body ? body._tag : undefined
+                const outgoing: Mutable<Api.Outgoing> = { ...fields, body: encoded }
+                if (outgoing.subject === undefined && typeof tag === "string") outgoing.subject = tag
+                return send(destination, outgoing)
+              })
+            )
+        }
+      }
+
+      const settleOrRelease = (settlement: Settlement, what: string) =>
+        item.settle(settlement).pipe(
+          Effect.as(true),
+          Effect.catchAll((error) =>
+            Effect.as(
+              Effect.zipRight(
+                Effect.logDebug(`Could not ${what} the message; it is delivered again when its lock expires`, error),
+                item.release
+              ),
+              false
+            )
+          )
+        )
+
+      const deadLetter = (error: unknown) =>
+        settleOrRelease({ _tag: "DeadLetter", reason: tagOf(error), description: describe(error) }, "dead-letter")
+          .pipe(
+            Effect.tap((done) =>
+              done
+                ? Effect.zipRight(
+                  Metric.increment(counters.deadLetters),
+                  bump((s) => {
+                    s.deadLettered++
+                  })
+                )
+                : bump((s) => {
+                  s.abandoned++
+                })
+            ),
+            Effect.zipLeft(
+              Effect.logWarning("Message dead-lettered", { reason: tagOf(error), error: describe(error) })
+            ),
+            Effect.asVoid
+          )
+
+      const abandon = settleOrRelease({ _tag: "Abandon" }, "abandon").pipe(
+        Effect.zipRight(Metric.increment(counters.retries)),
+        Effect.zipRight(bump((s) => {
+          s.abandoned++
+        }))
+      )
+
+      const reschedule = (delay: Duration.Duration) =>
+        Effect.gen(function*() {
+          if (source._tag !== "Queue") return yield* abandon
+          const now = yield* Clock.currentTimeMillis
+          const copy: OutgoingMessage = {
+            body: message.body,
+            messageId: idFromMessage(`retry:${messageId}`, attempt),
+            ...(subject === undefined ? {} : { subject }),
+            correlationId,
+            ...(message.causationId === undefined ? {} : { causationId: message.causationId }),
+            ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
+            ...(message.sessionId === undefined ? {} : { sessionId: message.sessionId }),
+            ...(message.partitionKey === undefined ? {} : { partitionKey: message.partitionKey }),
+            applicationProperties: {
+              ...props,
+              [propertyNames.retryCount]: attempt,
+              [propertyNames.originalMessageId]: messageId
+            },
+            scheduledEnqueueTime: new Date(now + Duration.toMillis(delay))
+          }
+          const done = yield* item.commit({ _tag: "Complete" }, [{ destination: source.queue, messages: [copy] }]).pipe(
+            Effect.as(true),
+            Effect.catchAll((error) =>
+              Effect.zipRight(
+                Effect.logDebug("Could not reschedule the message; abandoning it", error),
+                Effect.succeed(false)
+              )
+            )
+          )
+          if (!done) return yield* abandon
+          yield* Metric.increment(counters.retries)
+          yield* bump((s) => {
+            s.rescheduled++
+          })
+        })
+
+      // A failed attempt: dead-letter once the attempts are spent, else ask for another delivery.
+      const failed = (error: unknown) =>
+        Effect.gen(function*() {
+          yield* Effect.annotateCurrentSpan("error", tagOf(error))
+          if (attempt >= maxAttempts) return yield* deadLetter(error)
+          yield* Effect.logInfo("Message handling failed; it will be retried", {
+            error: tagOf(error),
+            reason: describe(error)
+          })
+          if (delayedRetry !== undefined) return yield* reschedule(delayOf(attempt))
+          return yield* abandon
+        })
+
+      const handle = (selected: Api.Handler<unknown, unknown>, body: unknown) => {
+        let tries = 0
+        const once = Effect.suspend(() => {
+          const buffer: Array<Dispatch> = []
+          const context = makeContext(buffer, tries)
+          const retried = tries++ > 0
+          return Effect.zipRight(
+            retried
+              ? Effect.zipRight(
+                Metric.increment(counters.retries),
+                bump((s) => {
+                  s.retries++
+                })
+              )
+              : Effect.void,
+            selected.handle(body, context).pipe(
+              Effect.provideService(CurrentMessage, context),
+              Effect.provide(services),
+              Effect.as(buffer)
+            ) as Effect.Effect<Array<Dispatch>, unknown>
+          )
+        }).pipe(
+          Effect.catchAllDefect((defect) =>
+            Effect.fail(
+              new HandlerDefect({
+                entity,
+                messageId,
+                ...(subject === undefined ? {} : { subject }),
+                reason: describe(defect)
+              })
+            )
+          )
+        )
+        return Effect.retry(once, { schedule: retry, while: isTransient })
+      }
+
+      const commit = (sends: ReadonlyArray<Dispatch>) =>
+        item.commit({ _tag: "Complete" }, sends).pipe(
+          Effect.withSpan("MessageProcessor.commit", {
+            attributes: {
+              entity,
+              messageId,
+              mode: transport.mode,
+              messages: sends.reduce((n, dispatch) => n + dispatch.messages.length, 0)
+            }
+          })
+        )
+
+      const work = Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          const selected = subject !== undefined && Object.hasOwn(handlers, subject) ? handlers[subject] : undefined
+          if (selected === undefined) {
+            return yield* deadLetter(
+              new UnknownMessageType({
+                entity,
+                ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
+                ...(subject === undefined ? {} : { subject }),
+                known
+              })
+            )
+          }
+          const decoded = yield* Effect.either(selected.decode(message))
+          if (Either.isLeft(decoded)) return yield* deadLetter(decoded.left)
+          const outcome = yield* Effect.exit(restore(handle(selected, decoded.right)))
+          if (outcome._tag === "Failure") {
+            if (Cause.isInterruptedOnly(outcome.cause)) {
+              // Shutdown ran out of time: let another receiver have the message at once.
+              yield* settleOrRelease({ _tag: "Abandon" }, "abandon")
+              return yield* bump((s) => {
+                s.abandoned++
+              })
+            }
+            const error = Cause.failureOption(outcome.cause)
+            return yield* failed(Option.isSome(error) ? error.value : Cause.squash(outcome.cause))
+          }
+          const committed = yield* Effect.either(commit(outcome.value))
+          if (Either.isLeft(committed)) {
+            yield* Metric.increment(counters.commitFailures)
+            yield* bump((s) => {
+              s.commitFailures++
+            })
+            return yield* failed(committed.left)
+          }
+          yield* Metric.increment(counters.processed)
+          yield* bump((s) => {
+            s.completed++
+          })
+        })
+      )
+
+      return Effect.gen(function*() {
+        const start = yield* Clock.currentTimeMillis
+        yield* bump((s) => {
+          s.received++
+          s.inFlight++
+        })
+        yield* work.pipe(
+          Effect.catchAllCause((cause) =>
+            // Nothing escapes a message's fiber: the loop and the other messages keep going.
+            Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release)
+          ),
+          Effect.ensuring(Effect.flatMap(Clock.currentTimeMillis, (end) =>
+            Effect.zipRight(
+              Metric.update(counters.duration, end - start),
+              bump((s) => {
+                s.inFlight--
+              })
+            )))
+        )
+      }).pipe(
+        Effect.withSpan("MessageProcessor.handle", {
+          kind: "consumer",
+          attributes,
+          ...(parentSpanOf(message.traceparent) === undefined
+            ? {}
+            : { parent: parentSpanOf(message.traceparent)! })
+        }),
+        Effect.annotateLogs({ entity, messageId, subject: subject ?? "" })
+      )
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The loop
+
+    const inFlight = yield* FiberSet.make<void>()
+    const slots = yield* Effect.makeSemaphore(concurrency)
+
+    const receiveOnce = Effect.gen(function*() {
+      const remaining = yield* slots.take(1)
+      const extra = Math.max(0, Math.min(remaining, concurrency - 1))
+      if (extra > 0) yield* slots.take(extra)
+      const wanted = 1 + extra
+      const batch = yield* link.receive(wanted, receiveWait).pipe(
+        Effect.tapErrorCause(() => slots.release(wanted))
+      )
+      if (batch.items.length < wanted) yield* slots.release(wanted - batch.items.length)
+      if (batch.items.length === 0) return yield* batch.done
+      let pending = batch.items.length
+      const finished = Effect.suspend(() => --pending === 0 ? batch.done : Effect.void)
+      for (const item of batch.items) {
+        yield* FiberSet.run(
+          inFlight,
+          processOne(item).pipe(Effect.ensuring(Effect.zipRight(slots.release(1), finished)))
+        )
+      }
+    })
+
+    const loop = receiveOnce.pipe(
+      Effect.tapError((error) => Effect.logWarning("Receiving failed; trying again", error)),
+      Effect.retry(receiveBackoff),
+      Effect.forever,
+      Effect.annotateLogs({ entity, processor: transport.name })
+    )
+    const loopFiber = yield* Effect.forkScoped(Effect.interruptible(loop))
+
+    // ---------------------------------------------------------------------------------------
+    // Shutdown
+
+    const stopped = yield* Deferred.make<void>()
+    let stopping = false
+    const shutdown = Effect.suspend(() => {
+      if (stopping) return Deferred.await(stopped)
+      stopping = true
+      return Effect.gen(function*() {
+        yield* Fiber.interrupt(loopFiber)
+        const drained = yield* FiberSet.awaitEmpty(inFlight).pipe(Effect.timeoutOption(shutdownTimeout))
+        if (Option.isNone(drained)) {
+          yield* Effect.logWarning("Shutdown timed out; abandoning the messages still in flight")
+          yield* FiberSet.clear(inFlight)
+        }
+        yield* Deferred.succeed(stopped, undefined)
+      }).pipe(Effect.uninterruptible, Effect.withSpan("MessageProcessor.shutdown", { attributes: { entity } }))
+    })
+    yield* Effect.addFinalizer(() => shutdown)
+
+    const processor: Api.Processor = {
+      source,
+      mode: transport.mode,
+      stats: SubscriptionRef.get(stats),
+      changes: stats.changes,
+      awaitStats: (predicate) =>
+        stats.changes.pipe(
+          Stream.filter(predicate),
+          Stream.runHead,
+          Effect.map(Option.getOrElse(() => zero))
+        ),
+      shutdown
+    }
+    return processor
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+export const handleCommand = <
+  A,
+  Command extends { readonly _tag: string },
+  Event extends { readonly _tag: string },
+  State,
+  Err
+>(
+  aggregate: Aggregate.Aggregate<Command, Event, State, Err>,
+  options: Api.HandleCommandOptions<A, Command>
+) =>
+(
+  body: A,
+  context: Api.MessageContext
+): Effect.Effect<Aggregate.HandleResult<Event, State>, Err | Aggregate.HandleError, EventStore> =>
+  Effect.gen(function*() {
+    const streamId = options.streamId(body, context)
+    const commandId = context.messageId
+    // A command decided again after its events were stored would append new events (the state
+    // moved on), so a second try first looks for the events this command already wrote.
+    if (context.attempt > 1 || context.retry > 0) {
+      const store = yield* EventStore
+      const prefix = `${commandId}:`
+      const written = (yield* store.read(streamId)).filter((event) =>
+        event.eventId.startsWith(prefix) && /^\d+$/.test(event.eventId.slice(prefix.length))
+      )
+      if (written.length > 0) {
+        const loaded = yield* Aggregate.load(aggregate, streamId)
+        const events = yield* Effect.forEach(written, (event) => aggregate.events.decode(event))
+        return { streamId, version: loaded.version, events, recorded: written, state: loaded.state }
+      }
+    }
+    return yield* Aggregate.handle(aggregate, streamId, options.command(body, context), {
+      commandId,
+      correlationId: context.correlationId,
+      causationId: commandId
+    })
+  })
+
+const numberOf = (value: unknown): number | undefined => {
+  if (typeof value === "number" && Number.isFinite(value)) return value
+  if (typeof value === "string" && /^\d+$/.test(value)) return Number(value)
+  return undefined
+}
+
+export const projectionHandler = <Event extends { readonly _tag: string }, State>(
+  projection: Projection<Event, State>,
+  codec: EventCodec<Event>,
+  options?: Projector.ProjectOptions
+): Readonly<
+  Record<string, Api.Handler<Projector.ProjectError | NotAnEventMessage, ProjectionStore>>
+> => {
+  const one = handler(Schema.Unknown, (data, context) =>
+    Effect.suspend((): Effect.Effect<
+      Projector.ProjectResult<State>,
+      Projector.ProjectError | NotAnEventMessage,
+      ProjectionStore
+    > => {
+      const props = context.message.applicationProperties ?? {}
+      const streamId = props[outboxProperties.streamId]
+      const version = numberOf(props[outboxProperties.version])
+      if (typeof streamId !== "string" || version === undefined) {
+        return Effect.fail(
+          new NotAnEventMessage({
+            entity: context.entity,
+            messageId: context.messageId,
+            reason: typeof streamId !== "string" ? "no streamId property" : "no numeric streamVersion property"
+          })
+        )
+      }
+      const eventType = props[outboxProperties.eventType]
+      const recorded: RecordedEvent = {
+        eventId: context.messageId,
+        type: typeof eventType === "string" ? eventType : context.subject,
+        schemaVersion: numberOf(props[outboxProperties.schemaVersion]) ?? 1,
+        data,
+        metadata: {
+          timestamp: context.enqueuedTime.toISOString(),
+          correlationId: context.correlationId,
+          ...(context.causationId === undefined ? {} : { causationId: context.causationId })
+        },
+        streamId,
+        version
+      }
+      return Projector.project(projection, codec, recorded, options)
+    }))
+  return Object.fromEntries(codec.types.map((type) => [type, one]))
+}
