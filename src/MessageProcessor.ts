@@ -322,6 +322,9 @@ export const memory: Transport<MessageReceiver | MessageSender> = transports.mem
 export type RetryDelay = (attempt: number) => Duration.DurationInput
 
 /**
+ * Options of a processor: the source, the transport (mode), the handlers, concurrency and the
+ * failure policy.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -407,6 +410,8 @@ export interface Processor {
 }
 
 /**
+ * The running processor, as a service: its statistics and its shutdown.
+ *
  * @since 0.1.0
  * @category services
  */

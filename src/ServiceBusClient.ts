@@ -18,6 +18,7 @@ import type { RetryOptions, ServiceBusClientOptions as SdkClientOptions } from "
 import { parseServiceBusConnectionString, ServiceBusClient as SdkClient } from "@azure/service-bus"
 import type { ConfigError, Scope } from "effect"
 import { Config, Context, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { closeWithin } from "./internal/closeWithin.js"
 import { redact } from "./internal/serviceBusErrors.js"
 import type { TransientError } from "./ServiceBusError.js"
 import { ServiceBusFailure } from "./ServiceBusError.js"
@@ -178,11 +179,7 @@ export const make = (
 ): Effect.Effect<ServiceBusClient, ServiceBusFailure, Scope.Scope> =>
   Effect.acquireRelease(
     create(options),
-    (sdk) =>
-      Effect.promise(() => sdk.close()).pipe(
-        Effect.timeout("10 seconds"),
-        Effect.catchAllCause((cause) => Effect.logDebug("Service Bus client did not close cleanly", cause))
-      )
+    (sdk) => closeWithin(Effect.promise(() => sdk.close()), "10 seconds", "A Service Bus client")
   ).pipe(
     Effect.map((sdk): ServiceBusClient => ({
       sdk,

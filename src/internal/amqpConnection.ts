@@ -19,6 +19,7 @@ import { Deferred, Duration, Effect, Either, Redacted } from "effect"
 import type { Connection as RheaConnection, EventContext, Session } from "rhea"
 import { ConnectionLost, ServiceBusFailure } from "../ServiceBusError.js"
 import type { ServiceError } from "../ServiceBusError.js"
+import { closeWithin } from "./closeWithin.js"
 import { fromSdkError, redact } from "./serviceBusErrors.js"
 
 /** How to reach and authenticate to a namespace. */
@@ -219,10 +220,12 @@ export const make = (
         onTimeout: () => new ConnectionLost({ operation: "connect", reason: "the connection did not open in time" })
       })),
       () =>
-        Effect.promise(() => context.cbsSession.close().catch(() => undefined)).pipe(
-          Effect.zipRight(Effect.promise(() => promiseConnection.close().catch(() => undefined))),
-          Effect.timeout("10 seconds"),
-          Effect.ignore
+        closeWithin(
+          Effect.promise(() => context.cbsSession.close().catch(() => undefined)).pipe(
+            Effect.zipRight(Effect.promise(() => promiseConnection.close().catch(() => undefined)))
+          ),
+          "10 seconds",
+          "An AMQP connection"
         )
     )
     // rhea-promise keeps rhea's connection in `_connection`; the transaction extension needs the
@@ -326,7 +329,10 @@ export const make = (
                   Effect.flatMap(refresh),
                   Effect.catchAllCause((cause) => Effect.logWarning("Service Bus token refresh failed", cause))
                 )
-            return Effect.forkIn(refresh(expiresOn), scope)
+            // Explicitly interruptible: an entity is often first authorized inside an
+            // uninterruptible region (a commit's first send to a destination), and a fiber forked
+            // there inherits it, so closing the scope would wait for the refresh's sleep (hours).
+            return Effect.forkIn(Effect.interruptible(refresh(expiresOn)), scope)
           }),
           Effect.asVoid
         )

@@ -13,6 +13,7 @@ import * as MessageSender from "../MessageSender.js"
 import * as ServiceBusClient from "../ServiceBusClient.js"
 import type { ReceiveError, SendError, ServiceError, SettleError, TransientError } from "../ServiceBusError.js"
 import * as ServiceBusTransaction from "../ServiceBusTransaction.js"
+import { closeWithin } from "./closeWithin.js"
 import { retryTransient } from "./messageRetry.js"
 import { settleError } from "./serviceBusErrors.js"
 
@@ -166,13 +167,9 @@ interface Held {
 
 const sessionCloseTimeout = Duration.seconds(5)
 
+// Runs in finalizers too, where a plain timeout would wait for the close it gives up on.
 const closeBounded = (scope: Scope.CloseableScope) =>
-  Scope.close(scope, Exit.void).pipe(
-    // Disconnected, so that giving up does not wait for the close it gives up on.
-    Effect.disconnect,
-    Effect.timeout(sessionCloseTimeout),
-    Effect.catchAllCause((cause) => Effect.logDebug("A transactional session did not close in time", cause))
-  )
+  closeWithin(Scope.close(scope, Exit.void), sessionCloseTimeout, "A transactional session")
 
 const isConnectionLost = (error: unknown): boolean =>
   typeof error === "object" && error !== null && "_tag" in error && error._tag === "ConnectionLost"

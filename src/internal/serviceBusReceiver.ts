@@ -8,6 +8,7 @@ import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } fr
 import { ServiceBusClient } from "../ServiceBusClient.js"
 import type { ReceiveError } from "../ServiceBusError.js"
 import { MessageNotFound } from "../ServiceBusError.js"
+import { closeWithin } from "./closeWithin.js"
 import { fromSdkMessage } from "./messageCodec.js"
 import type { RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
@@ -41,10 +42,7 @@ export const make = (
     }
 
     const closeQuietly = (receiver: ServiceBusReceiver) =>
-      Effect.promise(() => receiver.close()).pipe(
-        Effect.timeout("10 seconds"),
-        Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus receiver did not close cleanly", cause))
-      )
+      closeWithin(Effect.promise(() => receiver.close()), "10 seconds", "A Service Bus receiver")
 
     const openReceiver = (source: Source): Effect.Effect<ServiceBusReceiver, never, Scope.Scope> =>
       Effect.acquireRelease(
@@ -56,15 +54,33 @@ export const make = (
         closeQuietly
       )
 
+    // Settlements through one SDK receiver go one at a time. rhea (3.x) writes the dispositions
+    // of one tick as ranges of consecutive delivery ids, and compares states only once a range
+    // holds two deliveries: a dead-letter and an abandon written together for deliveries n and
+    // n + 1 go out as one frame with the dead-letter's state, so the abandoned message would be
+    // dead-lettered too. The SDK waits for the broker's answer to each settlement, so with one
+    // at a time no two dispositions of a receiver are ever written in the same tick.
+    const settleLocks = new WeakMap<ServiceBusReceiver, Effect.Semaphore>()
+    const settleLockOf = (receiver: ServiceBusReceiver): Effect.Semaphore => {
+      let lock = settleLocks.get(receiver)
+      if (lock === undefined) {
+        lock = Effect.unsafeMakeSemaphore(1)
+        settleLocks.set(receiver, lock)
+      }
+      return lock
+    }
+
     const rawDelivery = (receiver: ServiceBusReceiver, entity: string, sdk: ServiceBusReceivedMessage): RawDelivery => {
       const message = fromSdkMessage(entity, sdk, false)
+      const settleLock = settleLockOf(receiver)
       const context = (operation: string): ErrorContext => ({
         operation,
         entity,
         messageId: message.messageId,
         lockToken: message.lockToken
       })
-      const settle = (settlement: Settlement) => {
+      const settle = (settlement: Settlement) => settleLock.withPermits(1)(settleOnce(settlement))
+      const settleOnce = (settlement: Settlement) => {
         switch (settlement._tag) {
           case "Complete":
             return callSettle(context("complete"), limit, () => receiver.completeMessage(sdk))

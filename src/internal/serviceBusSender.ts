@@ -13,6 +13,7 @@ import {
   MessageTooLarge,
   ServiceBusFailure
 } from "../ServiceBusError.js"
+import { closeWithin } from "./closeWithin.js"
 import type { Checked } from "./messageCodec.js"
 import { defaultMaxBatchBytes, encodeBodies, sizeAlone, toSdkMessage } from "./messageCodec.js"
 import { boundedAttempt, retryTransient } from "./messageRetry.js"
@@ -30,10 +31,7 @@ export const make = (
     const layerScope = yield* Effect.scope
 
     const closeQuietly = (sender: ServiceBusSender) =>
-      Effect.promise(() => sender.close()).pipe(
-        Effect.timeout("10 seconds"),
-        Effect.catchAllCause((cause) => Effect.logDebug("A Service Bus sender did not close cleanly", cause))
-      )
+      closeWithin(Effect.promise(() => sender.close()), "10 seconds", "A Service Bus sender")
 
     yield* Effect.addFinalizer(() =>
       Effect.forEach(Array.from(senders.values()), closeQuietly, { concurrency: "unbounded", discard: true }).pipe(
