@@ -15,6 +15,7 @@ import type {
 } from "../MessageReceiver.js"
 import type { ReceiveError, SettleError, TransientError } from "../ServiceBusError.js"
 import { AlreadySettled, isTransient } from "../ServiceBusError.js"
+import { closeWithin } from "./closeWithin.js"
 import { retryTransient } from "./messageRetry.js"
 
 export interface RawDelivery {
@@ -178,14 +179,17 @@ const makeDelivery = (
         if (settledWith !== undefined) return Effect.void
         settledWith = { _tag: "Abandon" }
         tracker.unsettled.delete(delivery)
-        return stopRenewal.pipe(
-          Effect.zipRight(raw.settle({ _tag: "Abandon" })),
-          Effect.timeout("5 seconds"),
-          Effect.catchAllCause((cause) =>
-            Effect.logDebug("Abandoning an unsettled delivery failed; its lock will expire", cause)
+        // Runs from a scope's finalizer, where a plain timeout would not bound it.
+        return closeWithin(
+          stopRenewal.pipe(
+            Effect.zipRight(raw.settle({ _tag: "Abandon" })),
+            Effect.catchAllCause((cause) =>
+              Effect.logDebug("Abandoning an unsettled delivery failed; its lock will expire", cause)
+            )
           ),
-          Effect.annotateLogs(attributes)
-        )
+          "5 seconds",
+          "Abandoning an unsettled delivery"
+        ).pipe(Effect.annotateLogs(attributes))
       })
     }
     tracker.unsettled.add(delivery)
