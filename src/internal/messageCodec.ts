@@ -3,6 +3,7 @@
 // SDK computes it, so that the memory sender refuses the same batches as the real one.
 import type { ServiceBusMessage, ServiceBusReceivedMessage } from "@azure/service-bus"
 import { Duration, Effect } from "effect"
+import type { Message as AmqpMessage } from "rhea"
 import rhea from "rhea"
 import type { OutgoingMessage, Properties, PropertyValue, ReceivedMessage } from "../Message.js"
 import { maxIdLength, propertyNames } from "../Message.js"
@@ -180,28 +181,38 @@ const rheaMessageProperties = [
   "reply_to_group_id"
 ]
 
-const toRheaMessage = (encoded: Encoded): RheaMessage => {
+/** The AMQP message as it goes on the wire (used by transactional sends, which bypass the SDK). */
+export const toRheaMessage = (encoded: Encoded): AmqpMessage => {
   const { message } = encoded
-  const amqp: RheaMessage = {
+  const amqp: AmqpMessage = {
     body: rhea.message.data_section(encoded.body),
-    message_annotations: {},
     content_type: jsonContentType,
     message_id: message.messageId
   }
-  if (message.timeToLive !== undefined) {
-    amqp.ttl = Duration.toMillis(message.timeToLive)
-    amqp.creation_time = new Date(0)
-    amqp.absolute_expiry_time = new Date(0)
-  }
+  const annotations: Record<string, unknown> = {}
+  if (message.timeToLive !== undefined) amqp.ttl = Duration.toMillis(message.timeToLive)
   if (Object.keys(encoded.applicationProperties).length > 0) {
     amqp.application_properties = encoded.applicationProperties
   }
   if (message.sessionId !== undefined) amqp.group_id = message.sessionId
   if (message.subject !== undefined) amqp.subject = message.subject
   if (message.correlationId !== undefined) amqp.correlation_id = message.correlationId
-  if (message.partitionKey !== undefined) amqp.message_annotations!["x-opt-partition-key"] = message.partitionKey
+  if (message.partitionKey !== undefined) annotations["x-opt-partition-key"] = message.partitionKey
   if (message.scheduledEnqueueTime !== undefined) {
-    amqp.message_annotations!["x-opt-scheduled-enqueue-time"] = message.scheduledEnqueueTime
+    annotations["x-opt-scheduled-enqueue-time"] = message.scheduledEnqueueTime
+  }
+  if (Object.keys(annotations).length > 0) amqp.message_annotations = annotations
+  return amqp
+}
+
+// The message as the SDK sizes it: it always writes a message-annotations section, and for a
+// time to live also the creation and expiry times (their values do not change the size).
+const toSizedMessage = (encoded: Encoded): RheaMessage => {
+  const amqp: RheaMessage = { ...toRheaMessage(encoded) }
+  amqp.message_annotations ??= {}
+  if (amqp.ttl !== undefined) {
+    amqp.creation_time = new Date(0)
+    amqp.absolute_expiry_time = new Date(0)
   }
   return amqp
 }
@@ -229,7 +240,7 @@ export const packBatches = (
   let current: Array<Encoded> = []
   let size = 0
   for (let index = 0; index < messages.length; index++) {
-    const rheaMessage = toRheaMessage(messages[index])
+    const rheaMessage = toSizedMessage(messages[index])
     const length = encodedLength(rheaMessage)
     const added = length + (length <= 255 ? 5 : 8)
     if (current.length > 0 && size + added <= maxBytes) {
@@ -249,7 +260,7 @@ export const packBatches = (
 
 /** The encoded size of one message alone in a batch. */
 export const sizeAlone = (encoded: Encoded): number => {
-  const rheaMessage = toRheaMessage(encoded)
+  const rheaMessage = toSizedMessage(encoded)
   const length = encodedLength(rheaMessage)
   return envelopeLength(rheaMessage) + length + (length <= 255 ? 5 : 8)
 }

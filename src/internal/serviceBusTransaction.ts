@@ -7,7 +7,6 @@
 // transactions can be in flight on the session without a fiber per operation.
 import { Cause, Duration, Effect, Either, Exit, Scope } from "effect"
 import type { Delivery, EventContext, Message as RheaMessage, Receiver, Sender } from "rhea"
-import rhea from "rhea"
 import type { OutgoingMessage, Properties, ReceivedMessage } from "../Message.js"
 import type { Settlement } from "../MessageReceiver.js"
 import type { ServiceError, SettleError } from "../ServiceBusError.js"
@@ -47,7 +46,7 @@ import {
   TransactionErrorCondition
 } from "./amqp/transactionCodec.js"
 import * as AmqpConnection from "./amqpConnection.js"
-import { decodeBodyBytes, encodeAll, type Encoded, jsonContentType, splitProperties } from "./messageCodec.js"
+import { decodeBodyBytes, encodeAll, type Encoded, splitProperties, toRheaMessage } from "./messageCodec.js"
 import { entityPath as pathOf } from "./messageReceiver.js"
 import { sendError, settleError } from "./serviceBusErrors.js"
 
@@ -77,29 +76,6 @@ export const lockTokenOf = (tag: Buffer): string => {
   const order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15]
   const hex = Buffer.from(order.map((i) => b[i])).toString("hex")
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
-}
-
-const toAmqpMessage = (encoded: Encoded): RheaMessage => {
-  const { message } = encoded
-  const annotations: Record<string, unknown> = {}
-  const amqp: RheaMessage = {
-    body: rhea.message.data_section(encoded.body),
-    content_type: jsonContentType,
-    message_id: message.messageId
-  }
-  if (message.subject !== undefined) amqp.subject = message.subject
-  if (message.correlationId !== undefined) amqp.correlation_id = message.correlationId
-  if (message.sessionId !== undefined) amqp.group_id = message.sessionId
-  if (message.timeToLive !== undefined) amqp.ttl = Duration.toMillis(message.timeToLive)
-  if (message.partitionKey !== undefined) annotations["x-opt-partition-key"] = message.partitionKey
-  if (message.scheduledEnqueueTime !== undefined) {
-    annotations["x-opt-scheduled-enqueue-time"] = message.scheduledEnqueueTime
-  }
-  if (Object.keys(annotations).length > 0) amqp.message_annotations = annotations
-  if (Object.keys(encoded.applicationProperties).length > 0) {
-    amqp.application_properties = encoded.applicationProperties
-  }
-  return amqp
 }
 
 const bodyOf = (body: unknown): unknown => {
@@ -793,7 +769,7 @@ const startSend = (
   const context = { operation: "send", entity: destination, messageId: encoded.message.messageId }
   let stopAnswer: (() => void) | undefined
   const stopWaiting = whenSendable(sender, () => {
-    const delivery = sendTransactional(sender, toAmqpMessage(encoded), txnId)
+    const delivery = sendTransactional(sender, toRheaMessage(encoded), txnId)
     if (Either.isLeft(delivery)) {
       return finish(Either.left(new ServiceBusUnavailable({ ...context, reason: delivery.left.message })))
     }
