@@ -15,7 +15,7 @@
  *
  * @since 0.1.0
  */
-import type { Option } from "effect"
+import type { Metric, Option } from "effect"
 import { Context, Effect, Layer } from "effect"
 import type {
   AppendTooLarge,
@@ -26,6 +26,7 @@ import type {
   EventTooLarge,
   InvalidStreamId
 } from "./EventStoreError.js"
+import * as internalMetrics from "./internal/eventStoreMetrics.js"
 import * as internalMemory from "./internal/memoryEventStore.js"
 import { OutboxStore } from "./OutboxStore.js"
 
@@ -248,3 +249,29 @@ export const layerMemory: Layer.Layer<EventStore | OutboxStore> = Layer.effectCo
     (stores) => Context.make(EventStore, stores.eventStore).pipe(Context.add(OutboxStore, stores.outboxStore))
   )
 )
+
+/**
+ * Counts committed appends, tagged with `store` (`memory` or `azure-table`). An append of no
+ * events writes nothing and is not counted.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const appends: Metric.Metric.Counter<number> = internalMetrics.appends
+
+/**
+ * Counts the events committed by appends, tagged with `store`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const eventsAppended: Metric.Metric.Counter<number> = internalMetrics.eventsAppended
+
+/**
+ * Counts appends refused with `ConcurrencyConflict` (another writer got there first), tagged
+ * with `store`. `Aggregate.handle` retries them; a rising rate means contended streams.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const conflicts: Metric.Metric.Counter<number> = internalMetrics.conflicts

@@ -18,10 +18,13 @@ import type { Committed, OutboxStoreService, PendingEntry, Progress } from "../O
 import { bucketOf, defaultBucketSize } from "../OutboxStore.js"
 import type { EncodedAppend } from "./eventLimits.js"
 import { encodeAppend } from "./eventLimits.js"
+import * as EventStoreMetrics from "./eventStoreMetrics.js"
 import type { Rejection } from "./tableClient.js"
 import * as Table from "./tableClient.js"
 import { codeOf, isEntityMissing } from "./tableClient.js"
 import * as Layout from "./tableLayout.js"
+
+const measureAppend = EventStoreMetrics.measure("azure-table")
 
 // Options and configuration
 
@@ -442,6 +445,7 @@ const makeService = (
           appendIndexed(streamId, expectedVersion, events, encoded.right, replace, deadline)
         )
       }).pipe(
+        (append) => measureAppend(append, events.length),
         Effect.withSpan("AzureTableEventStore.append", {
           // A stack trace per call costs more than the rest of the adapter's work, and would only
           // point here.

@@ -5,7 +5,10 @@ import { ConcurrencyConflict } from "../EventStoreError.js"
 import type { Committed, OutboxStoreService, PendingEntry } from "../OutboxStore.js"
 import { bucketOf, defaultBucketSize } from "../OutboxStore.js"
 import { checkAppend } from "./eventLimits.js"
+import * as EventStoreMetrics from "./eventStoreMetrics.js"
 import { validateStreamId } from "./tableLayout.js"
+
+const measureAppend = EventStoreMetrics.measure("memory")
 
 interface StoredStream {
   readonly events: ReadonlyArray<RecordedEvent>
@@ -138,7 +141,10 @@ export const makeStoresWith = (
           }).pipe(Effect.flatten)
           if (result.events.length > 0) yield* notify({ streamId, version: result.version })
           return result
-        }).pipe(Effect.withSpan("EventStore.append", { attributes: { streamId, expectedVersion } }))
+        }).pipe(
+          (append) => measureAppend(append, events.length),
+          Effect.withSpan("EventStore.append", { attributes: { streamId, expectedVersion } })
+        )
     }
 
     const outboxStore: OutboxStoreService = {

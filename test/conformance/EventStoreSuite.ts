@@ -3,7 +3,7 @@
 // and uses stream ids of its own, so a layer over a shared table works too.
 import { assert, describe, it } from "@effect/vitest"
 import type { Layer } from "effect"
-import { Array as Arr, Effect, Either, Option } from "effect"
+import { Array as Arr, Effect, Either, Metric, MetricState, Option } from "effect"
 import type { EventData, EventMetadata, RecordedEvent } from "../../src/EventStore.js"
 import { EventStore, limits } from "../../src/EventStore.js"
 
@@ -380,5 +380,39 @@ export const eventStoreSuite = <E>(name: string, storeLayer: Layer.Layer<EventSt
         assert.deepInclude(partial, { _tag: "ConcurrencyConflict", expectedVersion: 1, actualVersion: 3 })
         assert.deepStrictEqual(ids(yield* store.read(streamId)), ["a-1", "a-2", "b-1"])
       }))
+
+    test("counts committed appends, their events and conflicts", () =>
+      Effect.gen(function*() {
+        const store = yield* EventStore
+        const streamId = newStreamId("metrics")
+        const before = yield* appendCounts
+        yield* store.append(streamId, 0, events("m", 3))
+        yield* store.append(streamId, 3, [])
+        yield* Effect.flip(store.append(streamId, 1, events("x", 1)))
+        yield* store.append(streamId, 3, events("n", 1))
+        const after = yield* appendCounts
+        assert.deepStrictEqual({
+          appends: after.appends - before.appends,
+          events: after.events - before.events,
+          conflicts: after.conflicts - before.conflicts
+        }, { appends: 2, events: 4, conflicts: 1 })
+      }))
   })
 }
+
+// The event store counters summed over their tags (each store tags them with its kind).
+const appendCounts = Effect.map(Metric.snapshot, (pairs) => {
+  const sum = (name: string) =>
+    pairs.reduce(
+      (total, pair) =>
+        pair.metricKey.name === name && MetricState.isCounterState(pair.metricState)
+          ? total + Number(pair.metricState.count)
+          : total,
+      0
+    )
+  return {
+    appends: sum("effect_eventually_event_store_appends"),
+    events: sum("effect_eventually_event_store_events_appended"),
+    conflicts: sum("effect_eventually_event_store_conflicts")
+  }
+})
