@@ -7,10 +7,15 @@
 // Fair baseline: the projector keeps the documents it last read or wrote (ETag, state,
 // positions), so in steady state an update is one conditional replace with If-Match and no read.
 // The raw loop keeps the same cache by hand and sends the same requests: a point read only when it
-// has nothing cached (the first update) or after a 412, then the conditional write.
+// has nothing cached (the first update) or after a 412, then the conditional write. Both sides
+// check for duplicates and gaps with the positions before writing, and neither reads back after
+// a write (the write's ETag is the next expected revision).
+//
+// Ours runs as a message handler does: in a runtime that already has the store (a layer provided
+// once), not with the store provided anew on every call.
 import type { TableEntity } from "@azure/data-tables"
 import { TableClient } from "@azure/data-tables"
-import { Effect, Redacted, Schema } from "effect"
+import { Effect, Redacted, Runtime, Schema } from "effect"
 import * as AzureTableProjectionStore from "../src/AzureTableProjectionStore.js"
 import * as EventCodec from "../src/EventCodec.js"
 import type { RecordedEvent } from "../src/EventStore.js"
@@ -62,12 +67,14 @@ try {
   const store = await Effect.runPromise(
     AzureTableProjectionStore.make({ connectionString: tables.connectionString, tableName })
   )
+  const runtime = await Effect.runPromise(
+    Effect.provideService(Effect.runtime<ProjectionStore>(), ProjectionStore, store)
+  )
+  const run = Runtime.runPromise(runtime)
   let ourVersion = 0
   const ours = async () => {
     const event = recorded("rooms-ours", "room-ours", ++ourVersion)
-    const result = await Effect.runPromise(
-      Effect.provideService(Projector.project(occupancy, codec, event), ProjectionStore, store)
-    )
+    const result = await run(Projector.project(occupancy, codec, event))
     if (result._tag !== "Updated") throw new Error(`unexpected ${result._tag}`)
   }
 

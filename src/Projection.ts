@@ -1,8 +1,10 @@
 /**
  * A projection is the pure heart of a read model: it folds events into documents. Each event is
  * routed to at most one document by `documentId`, and `evolve` folds it into that document's
- * state. Like a decider, it reads no clock and calls no service, so replaying the same events
- * always builds the same documents.
+ * state. Both may look at where the event was recorded: `documentId` receives its
+ * {@link EventEnvelope} (stream, version, id, type, metadata), `evolve` its {@link Position}.
+ * Like a decider, it reads no clock and calls no service, so replaying the same events always
+ * builds the same documents.
  *
  * A document remembers, for each stream it has seen events of, the last version it applied (its
  * positions). {@link apply} uses them to make delivery idempotent: an event at or below its
@@ -11,6 +13,7 @@
  * @since 0.1.0
  */
 import { Either, ParseResult, Schema } from "effect"
+import type { EventMetadata } from "./EventStore.js"
 
 /**
  * A projection definition.
@@ -26,10 +29,17 @@ export interface Projection<in out Event, in out State> {
   readonly name: string
   /** The state of a document no event has reached yet. */
   readonly initialState: State
-  /** Applies one event. Must be total, like a decider's `evolve`. */
-  readonly evolve: (state: State, event: Event) => State
-  /** The document an event belongs to, or `undefined` when the projection ignores it. */
-  readonly documentId: (event: Event) => string | undefined
+  /**
+   * Applies one event at its position (its stream and version). Must be total, like a decider's
+   * `evolve`.
+   */
+  readonly evolve: (state: State, event: Event, position: Position) => State
+  /**
+   * The document an event belongs to, or `undefined` when the projection ignores it. The
+   * envelope says where the event was recorded (stream and version) and carries its id, type and
+   * metadata.
+   */
+  readonly documentId: (event: Event, envelope: EventEnvelope) => string | undefined
   /** Encodes a state to the JSON value the store keeps. Throws only when the state does not match its schema. */
   readonly encodeState: (state: State) => unknown
   /** Decodes a stored state; `Left` with a readable reason when it does not match the schema. */
@@ -45,8 +55,10 @@ export interface Projection<in out Event, in out State> {
 export interface MakeOptions<Event, State, StateEncoded> {
   readonly name: string
   readonly initialState: State
-  readonly evolve: (state: State, event: Event) => State
-  readonly documentId: (event: Event) => string | undefined
+  /** See {@link Projection.evolve}: the position argument may be left out. */
+  readonly evolve: (state: State, event: Event, position: Position) => State
+  /** See {@link Projection.documentId}: the envelope argument may be left out. */
+  readonly documentId: (event: Event, envelope: EventEnvelope) => string | undefined
   /** The schema of the state: documents are stored in its encoded form. */
   readonly state: Schema.Schema<State, StateEncoded>
 }
@@ -80,6 +92,29 @@ export const isValidName = (name: string): boolean => namePattern.test(name)
  *   evolve: (balance: number, event: Deposited) => balance + event.amount,
  *   documentId: (event: Deposited) => event.account,
  *   state: Schema.Int
+ * })
+ * ```
+ *
+ * @example
+ * ```ts
+ * // Events that do not repeat the id of their stream: one document per stream, from the envelope.
+ * import { Schema } from "effect"
+ * import { Projection } from "effect-eventually"
+ *
+ * class ItemAdded extends Schema.TaggedClass<ItemAdded>()("ItemAdded", { sku: Schema.String }) {}
+ *
+ * const Cart = Schema.Struct({ cartId: Schema.String, items: Schema.Number, version: Schema.Number })
+ *
+ * const carts = Projection.make({
+ *   name: "carts",
+ *   initialState: { cartId: "", items: 0, version: 0 },
+ *   evolve: (cart: typeof Cart.Type, _event: ItemAdded, { streamId, version }) => ({
+ *     cartId: streamId,
+ *     items: cart.items + 1,
+ *     version
+ *   }),
+ *   documentId: (_event: ItemAdded, { streamId }) => streamId,
+ *   state: Cart
  * })
  * ```
  *
@@ -126,6 +161,22 @@ export type Positions = Readonly<Record<string, number>>
 export interface Position {
   readonly streamId: string
   readonly version: number
+}
+
+/**
+ * What the projector knows of an event besides its payload, given to
+ * {@link Projection.documentId}: its position (stream and version), its id, its type, the
+ * version of its schema and its metadata (timestamp, correlation and causation ids, properties).
+ * A `RecordedEvent` is one.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EventEnvelope extends Position {
+  readonly eventId: string
+  readonly type: string
+  readonly schemaVersion: number
+  readonly metadata: EventMetadata
 }
 
 /**
@@ -211,7 +262,7 @@ export type Applied<State> =
 
 /**
  * Applies one event at its position to a document (the empty document when `undefined`):
- * the pure step of a projection update.
+ * the pure step of a projection update. `evolve` receives `position` as its third argument.
  *
  * @example
  * ```ts
@@ -253,7 +304,7 @@ export const apply = <Event, State>(
   return {
     _tag: "Updated",
     document: {
-      state: projection.evolve(current.state, event),
+      state: projection.evolve(current.state, event, position),
       positions: { ...current.positions, [position.streamId]: position.version }
     }
   }

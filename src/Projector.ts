@@ -104,11 +104,15 @@ export const updates: Metric.Metric.Counter<number> = internal.updates
 export const duplicates: Metric.Metric.Counter<number> = internal.duplicates
 
 /**
- * Applies one recorded event to its document: decodes it, finds its document, skips it when the
- * document's position for its stream is at or past its version, otherwise folds it in and writes
- * the document back with one conditional write. On `DocumentConflict` it reads again and retries
- * under `options.retry`. Runs in a `Projection.apply` span (attributes `projection`,
- * `documentId`, `streamId`, `version`) and counts {@link updates} and {@link duplicates}.
+ * Applies one recorded event to its document: decodes it, finds its document (`documentId`
+ * receives the event and the recorded event as its envelope: stream, version, id, type,
+ * metadata), skips it when the document's position for its stream is at or past its version,
+ * otherwise folds it in (`evolve` receives the event's position) and writes the document back
+ * with one conditional write. On `DocumentConflict` it reads again and retries under
+ * `options.retry`. Counts {@link updates} and {@link duplicates}. When the application has
+ * installed a tracer, runs in a `Projection.apply` span (attributes `projection`, `documentId`,
+ * `streamId`, `version`, `outcome`); with Effect's native tracer, whose spans go nowhere, it
+ * builds none.
  *
  * Document ids starting with `~` are reserved (the rebuild checkpoint): such an id fails with
  * `InvalidDocumentId`.

@@ -11,7 +11,8 @@ import {
   Option,
   Schedule,
   Schema,
-  Stream
+  Stream,
+  Tracer
 } from "effect"
 import * as EventCodec from "../src/EventCodec.js"
 import type { RecordedEvent } from "../src/EventStore.js"
@@ -435,4 +436,233 @@ describe("Projector.rebuild", () => {
       assert.deepStrictEqual(reports[0].percentage, 70)
       assert.deepStrictEqual(yield* snapshot(target, projection.name), yield* snapshot(reference, projection.name))
     })))
+})
+
+describe("the event envelope", () => {
+  // One document per stream: the events do not name their stream, the envelope does. The state
+  // keeps where each applied event came from, so a wrong position would show.
+  const Summary = Schema.Struct({
+    stream: Schema.String,
+    balance: Schema.Int,
+    applied: Schema.Array(Schema.Tuple(Schema.String, Schema.Int))
+  })
+  type Summary = typeof Summary.Type
+
+  const makeSummaries = (seen: Array<Projection.EventEnvelope>) =>
+    Projection.make({
+      name: `summary${++names}`,
+      initialState: { stream: "", balance: 0, applied: [] } as Summary,
+      evolve: (summary: Summary, event: Event, { streamId, version }): Summary => ({
+        stream: streamId,
+        balance: summary.balance +
+          (event._tag === "Deposited" ? event.amount : event._tag === "Withdrawn" ? -event.amount : 0),
+        applied: [...summary.applied, [streamId, version] as const]
+      }),
+      documentId: (event: Event, envelope) => {
+        seen.push(envelope)
+        return event._tag === "Noted" ? undefined : `summary-of-${envelope.streamId}`
+      },
+      state: Summary
+    })
+
+  it("apply gives evolve the position", () => {
+    const summaries = makeSummaries([])
+    const first = Projection.apply(summaries, undefined, new Deposited({ account: "x", amount: 4 }), {
+      streamId: "s-1",
+      version: 1
+    })
+    assert.strictEqual(first._tag, "Updated")
+    if (first._tag !== "Updated") return
+    const second = Projection.apply(summaries, first.document, new Withdrawn({ account: "x", amount: 1 }), {
+      streamId: "s-1",
+      version: 2
+    })
+    assert.deepStrictEqual(second, {
+      _tag: "Updated",
+      document: { state: { stream: "s-1", balance: 3, applied: [["s-1", 1], ["s-1", 2]] }, positions: { "s-1": 2 } }
+    })
+  })
+
+  it.effect("project routes by the envelope and folds with the position", () =>
+    Effect.gen(function*() {
+      const seen: Array<Projection.EventEnvelope> = []
+      const summaries = makeSummaries(seen)
+      const events = [
+        ...history("acc-1", "same-account", [10, -4]),
+        record("acc-1", 3, new Noted({ text: "ignored" })),
+        ...history("acc-2", "same-account", [7])
+      ]
+      const results = yield* Effect.forEach(events, (event) => Projector.project(summaries, codec, event))
+      assert.deepStrictEqual(results.map((result) => result._tag), ["Updated", "Updated", "Ignored", "Updated"])
+      // Every field of the recorded event but its payload reaches documentId.
+      assert.deepStrictEqual(
+        seen.map(({ eventId, metadata, schemaVersion, streamId, type, version }) => ({
+          eventId,
+          metadata,
+          schemaVersion,
+          streamId,
+          type,
+          version
+        })),
+        events.map(({ eventId, metadata, schemaVersion, streamId, type, version }) => ({
+          eventId,
+          metadata,
+          schemaVersion,
+          streamId,
+          type,
+          version
+        }))
+      )
+      assert.deepStrictEqual(
+        yield* documentOf(summaries as never, "summary-of-acc-1"),
+        Option.some({
+          state: { stream: "acc-1", balance: 6, applied: [["acc-1", 1], ["acc-1", 2]] },
+          positions: { "acc-1": 2 }
+        })
+      )
+      assert.deepStrictEqual(
+        yield* documentOf(summaries as never, "summary-of-acc-2"),
+        Option.some({ state: { stream: "acc-2", balance: 7, applied: [["acc-2", 1]] }, positions: { "acc-2": 1 } })
+      )
+    }).pipe(Effect.provide(ProjectionStore.layerMemory)))
+
+  it.effect("rebuild passes the same envelope and position as project", () =>
+    Effect.gen(function*() {
+      const store = yield* EventStore.EventStore
+      for (const streamId of ["acc-1", "acc-2"]) {
+        yield* store.append(
+          streamId,
+          0,
+          [
+            new Deposited({ account: "x", amount: 5 }),
+            new Noted({ text: "n" }),
+            new Withdrawn({ account: "x", amount: 2 })
+          ]
+            .map((event, index) => codec.encode(event, { eventId: `${streamId}:${index}`, metadata }))
+        )
+      }
+      const seen: Array<Projection.EventEnvelope> = []
+      const summaries = makeSummaries(seen)
+      const target = yield* ProjectionStore.makeMemory
+      yield* Projector.rebuild(summaries, codec, { streams: ["acc-1", "acc-2"], target })
+      assert.deepStrictEqual(
+        seen.map(({ eventId, streamId, version }) => [eventId, streamId, version]),
+        [["acc-1:0", "acc-1", 1], ["acc-1:1", "acc-1", 2], ["acc-1:2", "acc-1", 3], ["acc-2:0", "acc-2", 1], [
+          "acc-2:1",
+          "acc-2",
+          2
+        ], ["acc-2:2", "acc-2", 3]]
+      )
+      const stored = yield* target.get(summaries.name, "summary-of-acc-2")
+      assert.deepStrictEqual(
+        Option.map(stored, ({ positions, state }) => ({ state, positions })),
+        Option.some({
+          state: { stream: "acc-2", balance: 3, applied: [["acc-2", 1], ["acc-2", 3]] },
+          positions: { "acc-2": 3 }
+        })
+      )
+    }).pipe(Effect.provide(EventStore.layerMemory)))
+})
+
+describe("Projector.project tracing and metrics", () => {
+  // A tracer that records the spans it starts, on top of the native one.
+  const recordingTracer = Effect.map(Effect.tracer, (native) => {
+    const spans: Array<Tracer.Span> = []
+    const tracer = Tracer.make({
+      span: (name, parent, context, links, startTime, kind, options) => {
+        const span = native.span(name, parent, context, links, startTime, kind, options)
+        spans.push(span)
+        return span
+      },
+      context: native.context
+    })
+    return { spans, tracer }
+  })
+
+  it.effect("with a tracer installed, runs in a Projection.apply span that the store sees, with its outcome", () =>
+    Effect.gen(function*() {
+      const { spans, tracer } = yield* recordingTracer
+      const memory = yield* ProjectionStore.makeMemory
+      const parents: Array<string> = []
+      // A store that notes the span it runs in.
+      const store: ProjectionStore.ProjectionStoreService = {
+        get: (projection, documentId) =>
+          Effect.zipRight(
+            Effect.flatMap(
+              Effect.option(Effect.currentSpan),
+              (span) =>
+                Effect.sync(() =>
+                  parents.push(Option.match(span, { onNone: () => "none", onSome: (span) => span.name }))
+                )
+            ),
+            memory.get(projection, documentId)
+          ),
+        put: memory.put
+      }
+      const projection = ledger()
+      const [event] = history("acc-t", "t", [3])
+      const results = yield* Effect.all([
+        Projector.project(projection, codec, event),
+        Projector.project(projection, codec, event)
+      ]).pipe(Effect.provideService(ProjectionStore.ProjectionStore, store), Effect.withTracer(tracer))
+      assert.deepStrictEqual(results.map((result) => result._tag), ["Updated", "Skipped"])
+      const applied = spans.filter((span) => span.name === "Projection.apply")
+      assert.deepStrictEqual(
+        applied.map((span) => Object.fromEntries(span.attributes)),
+        ["Updated", "Skipped"].map((outcome) => ({
+          projection: projection.name,
+          documentId: "t",
+          streamId: "acc-t",
+          version: 1,
+          outcome
+        }))
+      )
+      assert.isTrue(applied.every((span) => span.status._tag === "Ended"))
+      // The first update reads (nothing cached), the duplicate reads (only a read decides it).
+      assert.deepStrictEqual(parents, ["Projection.apply", "Projection.apply"])
+    }))
+
+  it.effect("without a tracer installed, builds no span of its own: the store runs in the caller's", () =>
+    Effect.gen(function*() {
+      const memory = yield* ProjectionStore.makeMemory
+      const parents: Array<string> = []
+      const store: ProjectionStore.ProjectionStoreService = {
+        get: memory.get,
+        put: (projection, documentId, document, expected) =>
+          Effect.zipRight(
+            Effect.flatMap(
+              Effect.option(Effect.currentSpan),
+              (span) =>
+                Effect.sync(() =>
+                  parents.push(Option.match(span, { onNone: () => "none", onSome: (span) => span.name }))
+                )
+            ),
+            memory.put(projection, documentId, document, expected)
+          )
+      }
+      const [event] = history("acc-u", "u", [3])
+      const result = yield* Projector.project(ledger(), codec, event).pipe(
+        Effect.provideService(ProjectionStore.ProjectionStore, store),
+        Effect.withSpan("caller")
+      )
+      assert.strictEqual(result._tag, "Updated")
+      assert.deepStrictEqual(parents, ["caller"])
+    }))
+
+  it.effect("counts with the fiber's metric tags as well as the projection's", () =>
+    Effect.gen(function*() {
+      const projection = ledger()
+      const events = history("acc-m", "m", [1, 2])
+      yield* Effect.forEach([...events, events[0]], (event) => Projector.project(projection, codec, event)).pipe(
+        Effect.tagMetrics("tenant", "t-1"),
+        Effect.provide(ProjectionStore.layerMemory)
+      )
+      const value = (counter: Metric.Metric.Counter<number>) =>
+        Effect.map(
+          Metric.value(Metric.tagged(Metric.tagged(counter, "projection", projection.name), "tenant", "t-1")),
+          (state) => state.count
+        )
+      assert.strictEqual(yield* value(Projector.updates), 2)
+      assert.strictEqual(yield* value(Projector.duplicates), 1)
+    }))
 })

@@ -1,4 +1,5 @@
-import { Clock, Effect, Either, Metric, Option, Schedule, Stream } from "effect"
+import type { Fiber, MetricLabel, Tracer } from "effect"
+import { Clock, Context, Effect, Either, FiberRef, identity, Metric, Option, Schedule, Stream } from "effect"
 import type { EventCodec } from "../EventCodec.js"
 import type { RecordedEvent } from "../EventStore.js"
 import { EventStore } from "../EventStore.js"
@@ -56,6 +57,7 @@ export const checkpointId = "~rebuild"
 
 interface Item<Event> {
   readonly event: Event
+  // The event's envelope when the projector has one (a recorded event): `evolve` receives it.
   readonly position: Projection.Position
 }
 
@@ -86,6 +88,7 @@ interface Cached {
 class DocumentCache {
   private readonly documents = new Map<string, Cached>()
   constructor(private readonly capacity: number) {}
+  // No reordering here: every path after a lookup ends in `remember` or `forget` of the key.
   get<State>(key: string, projection: Projection.Projection<never, State>): Cached | undefined {
     const cached = this.documents.get(key)
     if (cached === undefined) return undefined
@@ -93,8 +96,6 @@ class DocumentCache {
       this.documents.delete(key)
       return undefined
     }
-    this.documents.delete(key)
-    this.documents.set(key, cached)
     return cached
   }
   remember(key: string, cached: Cached): void {
@@ -129,19 +130,25 @@ interface Folded<State> {
   readonly lastApplied: number
 }
 
+interface Gap<Event> {
+  readonly gap: Item<Event>
+  readonly lastApplied: number
+}
+
 // The items applied in order to a document, or the first gap.
 const fold = <Event, State>(
   projection: Projection.Projection<Event, State>,
   start: Projection.Document<State>,
   items: ReadonlyArray<Item<Event>>,
   gaps: Projection.GapPolicy
-): Folded<State> | { readonly gap: Item<Event>; readonly lastApplied: number } => {
+): Folded<State> | Gap<Event> => {
+  const options = { gaps }
   let document = start
   let applied = 0
   let skipped = 0
   let lastApplied = 0
   for (const item of items) {
-    const result = Projection.apply(projection, document, item.event, item.position, { gaps })
+    const result = Projection.apply(projection, document, item.event, item.position, options)
     if (result._tag === "Updated") {
       document = result.document
       applied++
@@ -155,6 +162,14 @@ const fold = <Event, State>(
   return { document, applied, skipped, lastApplied }
 }
 
+// Counts the outcome with the fiber's metric labels, as `Metric.incrementBy` would, without an
+// effect per counter. Called when the outcome is known, as the effect runs.
+const count = (projection: string, labels: ReadonlyArray<MetricLabel.MetricLabel>, outcome: Outcome<unknown>) => {
+  const counters = countersOf(projection)
+  if (outcome.applied > 0) counters.updates.unsafeUpdate(outcome.applied, labels)
+  if (outcome.skipped > 0) counters.duplicates.unsafeUpdate(outcome.skipped, labels)
+}
+
 // Applies the items in order to the document and writes it back once, conditionally; on a
 // conflict, all of it again under the schedule, from a fresh read. The document comes from the
 // store's cache when the projector has read or written it before, so an update is one
@@ -162,115 +177,131 @@ const fold = <Event, State>(
 // or stop at a gap (only a fresh read decides those). Items already applied are skipped by their
 // positions, so a retry after an unknown outcome (the write landed, its answer did not) applies
 // nothing twice.
-const applyToDocument = <Event, State>(
-  store: ProjectionStoreService,
-  projection: Projection.Projection<Event, State>,
-  documentId: string,
-  items: ReadonlyArray<Item<Event>>,
-  gaps: Projection.GapPolicy,
-  retry: Schedule.Schedule<unknown, DocumentConflict>
-): Effect.Effect<Outcome<State>, Api.ApplyError> => {
-  const name = projection.name
-  const key = `${name}${Layout.separator}${documentId}`
-  const cache = cacheOf(store)
-  const owner = projection as unknown as Projection.Projection<never, unknown>
+//
+// One object per update, its steps methods: effects are built as they are needed, so an update
+// served from the cache pays for one write and nothing else, and no closure is made per step.
+class DocumentUpdate<Event, State, A> {
+  private readonly name: string
+  private readonly key: string
+  private readonly cache: DocumentCache
+  private readonly owner: Projection.Projection<never, unknown>
+  // Started on a first conflict only, so an update that succeeds pays for nothing more.
+  private driver: Schedule.ScheduleDriver<unknown, DocumentConflict, never> | undefined
 
-  const write = (
-    folded: Folded<State>,
-    revision: Revision | undefined
-  ): Effect.Effect<Outcome<State>, Api.ApplyError> => {
-    const { applied, document, lastApplied, skipped } = folded
-    if (applied === 0) return Effect.succeed({ state: document.state, applied, skipped, lastApplied, revision })
-    return Effect.matchEffect(
-      store.put(
-        name,
-        documentId,
-        { state: projection.encodeState(document.state), positions: document.positions },
-        revision ?? "new"
-      ),
-      {
-        onFailure: (error) => {
-          // A conflict means the cached revision is stale; any other failure may hide a write
-          // that landed. Either way, the next attempt reads.
-          cache.forget(key)
-          return Effect.fail(error)
-        },
-        onSuccess: (written) => {
-          cache.remember(key, { projection: owner, document, revision: written })
-          return Effect.succeed({ state: document.state, applied, skipped, lastApplied, revision: written })
-        }
-      }
+  constructor(
+    private readonly store: ProjectionStoreService,
+    private readonly projection: Projection.Projection<Event, State>,
+    private readonly documentId: string,
+    private readonly items: ReadonlyArray<Item<Event>>,
+    private readonly gaps: Projection.GapPolicy,
+    private readonly retry: Schedule.Schedule<unknown, DocumentConflict>,
+    private readonly labels: ReadonlyArray<MetricLabel.MetricLabel>,
+    // What the caller makes of the outcome, applied where it is known (no effect of its own).
+    private readonly finish: (outcome: Outcome<State>) => A
+  ) {
+    this.name = projection.name
+    this.key = `${projection.name}${Layout.separator}${documentId}`
+    this.cache = cacheOf(store)
+    this.owner = projection as unknown as Projection.Projection<never, unknown>
+  }
+
+  // Looks the cache up when it is called: the first attempt at once, a retry when it runs.
+  attempt(): Effect.Effect<A, Api.ApplyError> {
+    const cached = this.cache.get(this.key, this.owner)
+    if (cached === undefined) return this.fromStore()
+    const folded = fold(this.projection, cached.document as Projection.Document<State>, this.items, this.gaps)
+    if ("gap" in folded || folded.applied < this.items.length) return this.fromStore()
+    return this.write(folded, cached.revision, true)
+  }
+
+  private done(outcome: Outcome<State>): Effect.Effect<A> {
+    count(this.name, this.labels, outcome)
+    return Effect.succeed(this.finish(outcome))
+  }
+
+  // Conflicts retried with the semantics of `Effect.retry`: the schedule decides whether, and
+  // when, to read and apply again.
+  private retryAfter(conflict: DocumentConflict): Effect.Effect<A, Api.ApplyError> {
+    if (this.driver !== undefined) return this.next(this.driver, conflict)
+    return Effect.flatMap(Schedule.driver(this.retry), (driver) => {
+      this.driver = driver
+      return this.next(driver, conflict)
+    })
+  }
+
+  private next(
+    driver: Schedule.ScheduleDriver<unknown, DocumentConflict, never>,
+    conflict: DocumentConflict
+  ): Effect.Effect<A, Api.ApplyError> {
+    return Effect.flatMap(
+      Effect.either(driver.next(conflict)),
+      (next) => Either.isLeft(next) ? Effect.fail(conflict) : this.attempt()
     )
   }
 
-  const decide = (
-    start: Projection.Document<State>,
-    revision: Revision | undefined
-  ): Effect.Effect<Outcome<State>, Api.ApplyError> => {
-    const folded = fold(projection, start, items, gaps)
+  // `fromCache`: the revision came from the cache, so a conflict reads at once, as an update
+  // without the cache would have, before counting on the schedule.
+  private write(
+    folded: Folded<State>,
+    revision: Revision | undefined,
+    fromCache: boolean
+  ): Effect.Effect<A, Api.ApplyError> {
+    const { applied, document, lastApplied, skipped } = folded
+    if (applied === 0) return this.done({ state: document.state, applied, skipped, lastApplied, revision })
+    const put = this.store.put(
+      this.name,
+      this.documentId,
+      { state: this.projection.encodeState(document.state), positions: document.positions },
+      revision ?? "new"
+    )
+    return Effect.flatMap(Effect.either(put), (written) => {
+      if (Either.isLeft(written)) {
+        // A conflict means the cached revision is stale; any other failure may hide a write
+        // that landed. Either way, the next attempt reads.
+        this.cache.forget(this.key)
+        const error = written.left
+        if (!isConflict(error)) return Effect.fail(error)
+        return fromCache ? this.fromStore() : this.retryAfter(error)
+      }
+      this.cache.remember(this.key, { projection: this.owner, document, revision: written.right })
+      return this.done({ state: document.state, applied, skipped, lastApplied, revision: written.right })
+    })
+  }
+
+  private decide(start: Projection.Document<State>, revision: Revision | undefined): Effect.Effect<A, Api.ApplyError> {
+    const folded = fold(this.projection, start, this.items, this.gaps)
     if ("gap" in folded) {
       return Effect.fail(
         new ProjectionGap({
-          projection: name,
-          documentId,
+          projection: this.name,
+          documentId: this.documentId,
           streamId: folded.gap.position.streamId,
           version: folded.gap.position.version,
           lastApplied: folded.lastApplied
         })
       )
     }
-    return write(folded, revision)
+    return this.write(folded, revision, false)
   }
 
-  const fromStore: Effect.Effect<Outcome<State>, Api.ApplyError> = Effect.flatMap(
-    store.get(name, documentId),
-    (stored) => {
+  private fromStore(): Effect.Effect<A, Api.ApplyError> {
+    return Effect.flatMap(this.store.get(this.name, this.documentId), (stored) => {
       if (Option.isNone(stored)) {
-        cache.forget(key)
-        return decide(Projection.empty(projection), undefined)
+        this.cache.forget(this.key)
+        return this.decide(Projection.empty(this.projection), undefined)
       }
-      const state = projection.decodeState(stored.value.state)
+      const state = this.projection.decodeState(stored.value.state)
       if (Either.isLeft(state)) {
-        cache.forget(key)
-        return Effect.fail(new DocumentDecodeError({ projection: name, documentId, reason: state.left }))
+        this.cache.forget(this.key)
+        return Effect.fail(
+          new DocumentDecodeError({ projection: this.name, documentId: this.documentId, reason: state.left })
+        )
       }
       const document: Projection.Document<State> = { state: state.right, positions: stored.value.positions }
-      cache.remember(key, { projection: owner, document, revision: stored.value.revision })
-      return decide(document, stored.value.revision)
-    }
-  )
-
-  const attempt: Effect.Effect<Outcome<State>, Api.ApplyError> = Effect.suspend(() => {
-    const cached = cache.get(key, owner)
-    if (cached === undefined) return fromStore
-    const folded = fold(projection, cached.document as Projection.Document<State>, items, gaps)
-    if ("gap" in folded || folded.applied < items.length) return fromStore
-    // A conflict here is the cache's being stale (or another writer's): read at once, as an
-    // update without the cache would have, before counting on the schedule.
-    return Effect.catchIf(write(folded, cached.revision), isConflict, () => fromStore)
-  })
-
-  // Conflicts retried with the semantics of `Effect.retry`; the schedule is only started on a
-  // first conflict, so an update that succeeds pays for nothing more.
-  const retried = Effect.catchIf(attempt, isConflict, (first) =>
-    Effect.flatMap(Schedule.driver(retry), (driver) => {
-      const again = (error: DocumentConflict): Effect.Effect<Outcome<State>, Api.ApplyError> =>
-        Effect.matchEffect(driver.next(error), {
-          onFailure: () => Effect.fail(error),
-          onSuccess: () => Effect.catchIf(attempt, isConflict, again)
-        })
-      return again(first)
-    }))
-
-  return Effect.tap(retried, (outcome) => {
-    const counters = countersOf(name)
-    if (outcome.skipped === 0) return Metric.incrementBy(counters.updates, outcome.applied)
-    if (outcome.applied === 0) return Metric.incrementBy(counters.duplicates, outcome.skipped)
-    return Effect.zipRight(
-      Metric.incrementBy(counters.updates, outcome.applied),
-      Metric.incrementBy(counters.duplicates, outcome.skipped)
-    )
-  })
+      this.cache.remember(this.key, { projection: this.owner, document, revision: stored.value.revision })
+      return this.decide(document, stored.value.revision)
+    })
+  }
 }
 
 const reserved = (projection: string, documentId: string): Effect.Effect<never, InvalidDocumentId> =>
@@ -285,46 +316,67 @@ const reserved = (projection: string, documentId: string): Effect.Effect<never, 
 const checkDocumentId = (projection: string, documentId: string): Effect.Effect<string, InvalidDocumentId> =>
   documentId.startsWith(reservedPrefix) ? reserved(projection, documentId) : Effect.succeed(documentId)
 
+const ignored: Effect.Effect<Api.ProjectResult<never>> = Effect.succeed({ _tag: "Ignored" })
+
+// The tracer a runtime has when the application installs none: its spans go nowhere.
+let nativeTracer: Tracer.Tracer | undefined
+
+// Whether the fiber's spans can be seen: a tracer other than the native one (an exporter), with
+// tracing enabled. Building a span that no one can see is most of the projector's own cost.
+const isTracing = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
+  nativeTracer ??= Effect.runSync(Effect.tracer)
+  return fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
+}
+
+// The update of the event's document, in the span when there is one. A module-level function,
+// not a closure per call.
+const update = <Event, State>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  projection: Projection.Projection<Event, State>,
+  documentId: string,
+  event: Event,
+  recorded: RecordedEvent,
+  options: Api.ProjectOptions,
+  span: Tracer.Span | undefined
+): Effect.Effect<Api.ProjectResult<State>, Api.ApplyError> => {
+  if (documentId.startsWith(reservedPrefix)) return reserved(projection.name, documentId)
+  return new DocumentUpdate<Event, State, Api.ProjectResult<State>>(
+    Context.unsafeGet(fiber.currentContext, ProjectionStore),
+    projection,
+    documentId,
+    // The recorded event is its own position for `evolve`.
+    [{ event, position: recorded }],
+    options.gaps ?? Projection.defaultGapPolicy,
+    options.retry ?? defaultConflictRetry,
+    fiber.getFiberRef(FiberRef.currentMetricLabels),
+    (outcome): Api.ProjectResult<State> => {
+      const result: Api.ProjectResult<State> = outcome.applied === 0
+        ? { _tag: "Skipped", documentId, lastApplied: outcome.lastApplied }
+        : { _tag: "Updated", documentId, state: outcome.state, revision: outcome.revision as Revision }
+      span?.attribute("outcome", result._tag)
+      return result
+    }
+  ).attempt()
+}
+
 export const project = <Event extends Tagged, State>(
   projection: Projection.Projection<Event, State>,
   codec: EventCodec<Event>,
   recorded: RecordedEvent,
   options: Api.ProjectOptions = {}
 ): Effect.Effect<Api.ProjectResult<State>, Api.ProjectError, ProjectionStore> =>
-  Effect.suspend((): Effect.Effect<Api.ProjectResult<State>, Api.ProjectError, ProjectionStore> => {
+  Effect.withFiberRuntime((fiber): Effect.Effect<Api.ProjectResult<State>, Api.ProjectError> => {
     const decoded = codec.decodeEither(recorded)
     if (Either.isLeft(decoded)) return Effect.fail<DecodeError>(decoded.left)
     const event = decoded.right
-    const documentId = projection.documentId(event)
-    if (documentId === undefined) return Effect.succeed({ _tag: "Ignored" })
-    const position = { streamId: recorded.streamId, version: recorded.version }
-    return Effect.flatMap(ProjectionStore, (store) =>
-      (documentId.startsWith(reservedPrefix)
-        ? reserved(projection.name, documentId)
-        : applyToDocument(
-          store,
-          projection,
-          documentId,
-          [{ event, position }],
-          options.gaps ?? Projection.defaultGapPolicy,
-          options.retry ?? defaultConflictRetry
-        )).pipe(
-          Effect.map((outcome): Api.ProjectResult<State> =>
-            outcome.applied === 0
-              ? { _tag: "Skipped", documentId, lastApplied: outcome.lastApplied }
-              : { _tag: "Updated", documentId, state: outcome.state, revision: outcome.revision as Revision }
-          ),
-          Effect.tap((result) => Effect.annotateCurrentSpan("outcome", result._tag)),
-          Effect.withSpan("Projection.apply", {
-            captureStackTrace: false,
-            attributes: {
-              projection: projection.name,
-              documentId,
-              streamId: recorded.streamId,
-              version: recorded.version
-            }
-          })
-        ))
+    // The recorded event is its own envelope.
+    const documentId = projection.documentId(event, recorded)
+    if (documentId === undefined) return ignored
+    if (!isTracing(fiber)) return update(fiber, projection, documentId, event, recorded, options, undefined)
+    return Effect.useSpan("Projection.apply", {
+      captureStackTrace: false,
+      attributes: { projection: projection.name, documentId, streamId: recorded.streamId, version: recorded.version }
+    }, (span) => Effect.withParentSpan(update(fiber, projection, documentId, event, recorded, options, span), span))
   })
 
 // Rebuild
@@ -369,6 +421,7 @@ export const rebuild = <Event extends Tagged, State, E = never, R = never>(
 ): Effect.Effect<Api.RebuildProgress, Api.RebuildError | E, EventStore | R> =>
   Effect.gen(function*() {
     const events = yield* EventStore
+    const labels = yield* FiberRef.get(FiberRef.currentMetricLabels)
     const target = options.target
     const name = projection.name
     const retry = options.retry ?? defaultConflictRetry
@@ -440,7 +493,7 @@ export const rebuild = <Event extends Tagged, State, E = never, R = never>(
         for (const record of recorded) {
           const decoded = codec.decodeEither(record)
           if (Either.isLeft(decoded)) return yield* Effect.fail(decoded.left)
-          const documentId = projection.documentId(decoded.right)
+          const documentId = projection.documentId(decoded.right, record)
           if (documentId === undefined) continue
           yield* checkDocumentId(name, documentId)
           let group = groups.get(documentId)
@@ -448,12 +501,21 @@ export const rebuild = <Event extends Tagged, State, E = never, R = never>(
             group = []
             groups.set(documentId, group)
           }
-          group.push({ event: decoded.right, position: { streamId, version: record.version } })
+          group.push({ event: decoded.right, position: record })
         }
         for (const [documentId, items] of groups) {
           // A stream is read whole and in order, so nothing can arrive late: an event past a gap
           // (the stream's other events went to other documents) is applied.
-          const outcome = yield* applyToDocument(target, projection, documentId, items, "apply", retry)
+          const outcome = yield* new DocumentUpdate(
+            target,
+            projection,
+            documentId,
+            items,
+            "apply",
+            retry,
+            labels,
+            identity
+          ).attempt()
           eventsApplied += outcome.applied
         }
         eventsRead += recorded.length
