@@ -206,8 +206,19 @@ export interface TransactionalSession {
     maxMessages: number,
     options?: ReceiveOptions
   ) => Effect.Effect<ReadonlyArray<ReceivedMessage>, ReceiveError>
-  /** Settles a message received on this session outside any transaction. */
+  /**
+   * Settles a message outside any transaction: on the receive link while the message's delivery
+   * is open there, otherwise by lock token through the entity's `$management` node (for instance
+   * a message whose settlement in a transaction was rolled back, while its lock lasts).
+   */
   readonly settle: (message: ReceivedMessage, settlement: Settlement) => Effect.Effect<void, SettleError>
+  /**
+   * Renews the lock of a message of the entity (`com.microsoft:renew-lock` on its `$management`
+   * node, on this session's connection) and returns the new lock expiry. A lost or unknown lock
+   * is `MessageLockLost`. A message already settled in a transaction that is not yet discharged
+   * keeps its lock until the discharge.
+   */
+  readonly renewLock: (message: ReceivedMessage) => Effect.Effect<Date, SettleError>
 }
 
 /**
@@ -222,6 +233,12 @@ export const TransactionalSession: Context.Tag<TransactionalSession, Transaction
  * An open transaction. Every operation is enlisted: it takes effect at commit, or never.
  * Operations are buffered and sent together when the body ends (or at {@link Transaction.flush}),
  * and {@link run} waits for Service Bus to accept each of them before it commits.
+ *
+ * A settlement goes on the receive link while the message's delivery is open there; once that
+ * delivery has had a disposition (in a transaction that was then rolled back), the message is
+ * settled by lock token through the entity's `$management` node (`update-disposition`, enlisted
+ * in the transaction), so it can be completed, abandoned, dead-lettered or deferred again while
+ * its lock lasts.
  *
  * @since 0.1.0
  * @category models

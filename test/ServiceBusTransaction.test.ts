@@ -407,3 +407,153 @@ const fakeJwt = (): string => {
   const part = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url")
   return `${part({ alg: "none", typ: "JWT" })}.${part({ aud: "https://servicebus.azure.net" })}.signature`
 }
+
+describe("ServiceBusTransaction, lock renewal", () => {
+  it.scopedLive("renews the lock through the management node and returns the new expiry", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator({ queues: [{ name: "in", lockDuration: "30 seconds" }, { name: "out" }] })
+      yield* seed(emu, "in", ["input"])
+      const tx = yield* session(emu, ["out"])
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      const first = received.lockedUntil!.getTime()
+      const renewed = yield* tx.renewLock(received)
+      const now = Date.now()
+      assert.isTrue(renewed.getTime() > first, "the expiry moves forward")
+      assert.isTrue(renewed.getTime() > now + 25_000 && renewed.getTime() <= now + 30_000)
+      // The renewed lock is the message's lock: it still completes, in a transaction.
+      yield* ServiceBusTransaction.run(tx, (t) => t.complete(received))
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), empty)
+      // Once settled, there is no lock left to renew.
+      const gone = yield* tx.renewLock(received).pipe(Effect.flip)
+      assert.strictEqual(gone._tag, "MessageLockLost")
+    }))
+
+  it.scopedLive("an expired lock is MessageLockLost; the SDK's renewal keeps working alongside", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["a", "b"])
+      const tx = yield* session(emu)
+      const [a, b] = yield* tx.receive(2, { maxWait: "5 seconds", maxWaitAfterFirst: "1 second" })
+      assert.isTrue(yield* emu.faults.expireLock(a.lockToken!))
+      const lost = yield* tx.renewLock(a).pipe(Effect.flip)
+      assert.strictEqual(lost._tag, "MessageLockLost")
+      // The other message's lock is untouched, and the SDK's management link renews it too.
+      const ours = yield* tx.renewLock(b)
+      const sb = yield* client(emu)
+      const theirs = yield* run(() =>
+        sb.createReceiver("in").renewMessageLock({ lockToken: b.lockToken, delivery: {} } as never)
+      )
+      assert.isTrue(theirs.getTime() >= ours.getTime())
+    }))
+
+  it.scopedLive("refuses to renew a lock of another entity's message", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "out", ["elsewhere"])
+      const onOut = yield* ServiceBusTransaction.makeSession({
+        connection: { connectionString: emu.connectionString },
+        entity: MessageReceiver.queue("out")
+      })
+      const [other] = yield* onOut.receive(1, { maxWait: "5 seconds" })
+      const tx = yield* session(emu)
+      const refused = yield* tx.renewLock(other).pipe(Effect.flip)
+      assert.strictEqual(refused._tag, "MessageLockLost")
+      assert.isTrue((yield* onOut.renewLock(other)).getTime() > Date.now())
+    }))
+})
+
+describe("ServiceBusTransaction, settling again after a rollback", () => {
+  const rolledBack = (tx: ServiceBusTransaction.TransactionalSession, message: Message.ReceivedMessage) =>
+    ServiceBusTransaction.run(tx, (t) =>
+      Effect.gen(function*() {
+        yield* t.complete(message)
+        yield* t.send("out", out("lost", "lost"))
+        yield* t.flush
+        return yield* Effect.fail("handler failed" as const)
+      })).pipe(Effect.flip)
+
+  it.scopedLive("completes the message in a new transaction, with its sends, atomically", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["input"])
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      assert.strictEqual(yield* rolledBack(tx, received), "handler failed")
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+      yield* ServiceBusTransaction.run(tx, (t) =>
+        Effect.gen(function*() {
+          yield* t.complete(received)
+          yield* t.send("out", out("kept", "kept"))
+          yield* t.flush
+          // Enlisted, not applied: the completion waits for the commit like the send.
+          assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+          assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+        }))
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), { ...empty, active: 1 })
+      // Settled for good: another settlement finds no lock.
+      const again = yield* ServiceBusTransaction.run(tx, (t) => t.complete(received)).pipe(Effect.flip)
+      assert.strictEqual(again._tag, "MessageLockLost")
+      const outside = yield* tx.settle(received, { _tag: "Abandon" }).pipe(Effect.flip)
+      assert.strictEqual(outside._tag, "MessageLockLost")
+    }))
+
+  it.scopedLive("rolls back a second time, then dead-letters with the reason", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["input"])
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      yield* rolledBack(tx, received)
+      // The second attempt settles through the management node, and is rolled back as well.
+      assert.strictEqual(yield* rolledBack(tx, received), "handler failed")
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, locked: 1 })
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      yield* ServiceBusTransaction.run(tx, (t) =>
+        t.deadLetter(received, { reason: "Poison", description: "failed twice", properties: { attempts: 2 } }))
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, deadLettered: 1 })
+      const sb = yield* client(emu)
+      const [dead] = yield* run(() =>
+        sb.createReceiver("in", { subQueueType: "deadLetter" }).receiveMessages(1, { maxWaitTimeInMs: 5000 })
+      )
+      assert.strictEqual(dead.body, "input")
+      assert.strictEqual(dead.deadLetterReason, "Poison")
+      assert.strictEqual(dead.deadLetterErrorDescription, "failed twice")
+      assert.strictEqual(dead.applicationProperties?.attempts, 2)
+    }))
+
+  it.scopedLive("abandons or defers outside a transaction after a rollback", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["first", "second"])
+      const tx = yield* session(emu)
+      const [first, second] = yield* tx.receive(2, { maxWait: "5 seconds", maxWaitAfterFirst: "1 second" })
+      yield* rolledBack(tx, first)
+      yield* rolledBack(tx, second)
+      yield* tx.settle(first, { _tag: "Abandon", properties: { retried: true } })
+      yield* tx.settle(second, { _tag: "Defer" })
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, active: 1, deferred: 1 })
+      // The abandoned message is delivered again at once, one delivery later, with its property.
+      const [again] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      assert.strictEqual(again.body, "first")
+      assert.strictEqual(again.deliveryCount, 2)
+      assert.strictEqual(again.applicationProperties?.retried, true)
+    }))
+
+  it.scopedLive("a lock that expired after the rollback is MessageLockLost, and the commit does not happen", () =>
+    Effect.gen(function*() {
+      const emu = yield* emulator(entities)
+      yield* seed(emu, "in", ["input"])
+      const tx = yield* session(emu)
+      const [received] = yield* tx.receive(1, { maxWait: "5 seconds" })
+      yield* rolledBack(tx, received)
+      assert.isTrue(yield* emu.faults.expireLock(received.lockToken!))
+      const error = yield* ServiceBusTransaction.run(
+        tx,
+        (t) => Effect.zipRight(t.complete(received), t.send("out", out("never", "never")))
+      ).pipe(Effect.flip)
+      assert.strictEqual(error._tag, "MessageLockLost")
+      assert.deepStrictEqual(yield* emu.admin.counts("out"), empty)
+      assert.deepStrictEqual(yield* emu.admin.counts("in"), { ...empty, active: 1 })
+    }))
+})

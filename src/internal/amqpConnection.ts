@@ -19,6 +19,7 @@ import { Deferred, Duration, Effect, Either, Redacted } from "effect"
 import type { Connection as RheaConnection, EventContext, Session } from "rhea"
 import { ConnectionLost, ServiceBusFailure } from "../ServiceBusError.js"
 import type { ServiceError } from "../ServiceBusError.js"
+import { coalesceWrites } from "./amqp/coalesceWrites.js"
 import { closeWithin } from "./closeWithin.js"
 import { fromSdkError, redact } from "./serviceBusErrors.js"
 
@@ -238,6 +239,9 @@ export const make = (
     // rhea leaves Nagle's algorithm on for client sockets: a transaction's writes (declare,
     // transfers and dispositions, discharge) would wait for the peer's delayed ACKs.
     setNoDelay(connection)
+    // The frames written in one tick (a transaction's transfers and dispositions, a discharge
+    // and the next declare) go out in one system call instead of one each.
+    coalesceWrites(connection)
 
     const lostSignal = yield* Deferred.make<never, ConnectionLost>()
     let isLost = false

@@ -6,23 +6,37 @@ import { Duration, Effect, Scope } from "effect"
 import Long from "long"
 import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
-import type { ReceiveError } from "../ServiceBusError.js"
-import { MessageNotFound } from "../ServiceBusError.js"
+import type { ReceiveError, SettleError } from "../ServiceBusError.js"
+import { MessageNotFound, OperationTimeout } from "../ServiceBusError.js"
+import { boundedPromise } from "./amqp/callbackWait.js"
 import { closeWithin } from "./closeWithin.js"
 import { fromSdkMessage } from "./messageCodec.js"
 import type { RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
-import { boundedAttempt } from "./messageRetry.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { receiveError, settleError } from "./serviceBusErrors.js"
 
-// Every SDK call is one attempt bounded in time (see `boundedAttempt`): on timeout the abort
-// signal fires, and the transient `OperationTimeout` goes to the retry schedule.
+// Every SDK call is one attempt bounded in time: on timeout the abort signal fires, and the
+// transient `OperationTimeout` goes to the retry schedule. One timer per call, no fiber forked
+// (see `boundedPromise`).
+const timedOut = (context: ErrorContext, limit: Duration.Duration) => () =>
+  new OperationTimeout({
+    operation: context.operation,
+    entity: context.entity,
+    reason: `no answer within ${Duration.format(limit)}`
+  })
+
 const call = <A>(context: ErrorContext, limit: Duration.Duration, f: (signal: AbortSignal) => Promise<A>) =>
-  boundedAttempt(Effect.tryPromise({ try: f, catch: (cause) => receiveError(cause, context) }), limit, context)
+  boundedPromise<A, ReceiveError, OperationTimeout>(f, (cause) => receiveError(cause, context), {
+    timeout: limit,
+    onTimeout: timedOut(context, limit)
+  })
 
 const callSettle = <A>(context: ErrorContext, limit: Duration.Duration, f: () => Promise<A>) =>
-  boundedAttempt(Effect.tryPromise({ try: f, catch: (cause) => settleError(cause, context) }), limit, context)
+  boundedPromise<A, SettleError, OperationTimeout>(() => f(), (cause) => settleError(cause, context), {
+    timeout: limit,
+    onTimeout: timedOut(context, limit)
+  })
 
 const toLong = (value: bigint): Long => Long.fromString(value.toString())
 

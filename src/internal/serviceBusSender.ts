@@ -2,7 +2,7 @@
 // packed with the SDK's own size accounting, every batch checked before the first is sent.
 import type { ServiceBusMessageBatch, ServiceBusSender } from "@azure/service-bus"
 import type { Scope } from "effect"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import type { MessageSenderService, ServiceBusOptions } from "../MessageSender.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
 import type { SendError } from "../ServiceBusError.js"
@@ -11,12 +11,14 @@ import {
   ConnectionLost,
   InvalidMessage,
   MessageTooLarge,
+  OperationTimeout,
   ServiceBusFailure
 } from "../ServiceBusError.js"
+import { boundedPromise } from "./amqp/callbackWait.js"
 import { closeWithin } from "./closeWithin.js"
 import type { Checked } from "./messageCodec.js"
 import { defaultMaxBatchBytes, encodeBodies, sizeAlone, toSdkMessage } from "./messageCodec.js"
-import { boundedAttempt, retryTransient } from "./messageRetry.js"
+import { retryTransient } from "./messageRetry.js"
 import * as Sender from "./messageSender.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { redact, sendError } from "./serviceBusErrors.js"
@@ -82,11 +84,15 @@ export const make = (
             })
           )
         }
-        return boundedAttempt(
-          Effect.tryPromise({ try: () => f(sender), catch: (cause) => sendError(cause, context) }),
-          client.operationTimeout,
-          context
-        ).pipe(
+        return boundedPromise<A, SendError, OperationTimeout>(() => f(sender), (cause) => sendError(cause, context), {
+          timeout: client.operationTimeout,
+          onTimeout: () =>
+            new OperationTimeout({
+              operation: context.operation,
+              entity: context.entity,
+              reason: `no answer within ${Duration.format(client.operationTimeout)}`
+            })
+        }).pipe(
           Effect.catchAll((error): Effect.Effect<never, SendError> => {
             if (error._tag === "ConnectionLost" || error._tag === "OperationTimeout") {
               return Effect.zipRight(replace(key, sender), Effect.fail(error))

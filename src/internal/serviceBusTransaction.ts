@@ -28,6 +28,7 @@ import {
 } from "../ServiceBusTransaction.js"
 import { awaitCallback, type Start } from "./amqp/callbackWait.js"
 import * as Coordinator from "./amqp/coordinator.js"
+import * as Management from "./amqp/management.js"
 import { sendTransactional, TransactionEvents, verifyTransactionSupport } from "./amqp/transactionalTransfer.js"
 import {
   accepted,
@@ -356,12 +357,25 @@ interface SessionInternals {
   ) => Effect.Effect<A, E | ServiceError>
   /** Starts getting a declared transaction: the one declared ahead when there is one. */
   readonly declare: Start<Buffer, Coordinator.CoordinatorError>
+  /** Declares the next transaction ahead if one was taken; called just before a write. */
+  readonly prepareNext: () => void
+  /** Takes a transaction declared ahead when one is ready, without waiting. */
+  readonly takeReady: () => Buffer | undefined
+  /** Counts a transaction taken with `declare` or `takeReady` as ended. */
+  readonly release: () => void
+  /** The sender to a destination when it is attached and open. */
+  readonly readySender: (destination: string) => Sender | undefined
+  /** The entity's `$management` links on this session, attached on first use. */
+  readonly management: Effect.Effect<Management.ManagementChannel, ServiceError>
 }
 
 const creditOf = (receiver: Receiver): number => (receiver as unknown as { readonly credit: number }).credit
 
 /** A transaction declared ahead is used only this long after its declare; older ones are rolled back. */
 const spareMaxAgeMillis = 60_000
+
+/** The most transactions a session declares ahead. */
+const maxSpares = 16
 
 const internals = new WeakMap<Api.TransactionalSession, SessionInternals>()
 
@@ -466,6 +480,8 @@ export const makeSession = (
     )
 
     const senders = new Map<string, Effect.Effect<Sender, ServiceError>>()
+    // Senders once attached, for the hot path to find without running an effect.
+    const readySenders = new Map<string, Sender>()
     const attachSender = (destination: string) =>
       Effect.gen(function*() {
         yield* connection.authorize(destination)
@@ -495,9 +511,60 @@ export const makeSession = (
           senders.set(key, cached)
         }
         // A failed attach is not remembered: the next send tries again.
-        return Effect.tapError(cached, () => Effect.sync(() => senders.delete(key)))
+        return Effect.tapBoth(cached, {
+          onFailure: () => Effect.sync(() => senders.delete(key)),
+          onSuccess: (link) => Effect.sync(() => readySenders.set(key, link))
+        })
       })
+    const readySender = (destination: string): Sender | undefined => {
+      const link = readySenders.get(destination.toLowerCase())
+      return link !== undefined && link.is_open() ? link : undefined
+    }
     for (const destination of options.destinations ?? []) yield* sender(destination)
+
+    // The entity's `$management` node, for lock renewal and for settling by lock token messages
+    // whose delivery is no longer open on the receive link (after a rollback).
+    const managementPath = `${entity}/$management`
+    const attachManagement = Effect.gen(function*() {
+      yield* connection.authorize(managementPath)
+      const replyTo = `management-${entity}-${crypto.randomUUID()}`
+      const attachLink = <L extends Sender | Receiver>(make: () => L, operation: string) =>
+        Effect.acquireRelease(
+          Effect.suspend(() => {
+            const link = make()
+            link.setMaxListeners(0)
+            return guard(awaitAttach(link, operation, managementPath), operation)
+          }),
+          (link) =>
+            Effect.sync(() => {
+              link.on(link.is_sender() ? "sender_error" : "receiver_error", () => undefined)
+              if (!connection.isLost() && link.is_open()) link.close()
+            })
+        ).pipe(Effect.provideService(Scope.Scope, scope))
+      const replies = yield* attachLink(() =>
+        session.attach_receiver({
+          name: replyTo,
+          source: { address: managementPath },
+          target: { address: replyTo },
+          autoaccept: true
+        }), "attach management")
+      const requests = yield* attachLink(() =>
+        session.attach_sender({
+          name: `management-sender-${crypto.randomUUID()}`,
+          target: { address: managementPath },
+          autosettle: true
+        }), "attach management")
+      return Management.make({ sender: requests, receiver: replies, replyTo, associatedLinkName: receiver.name })
+    })
+    let managementCache: Effect.Effect<Management.ManagementChannel, ServiceError> | undefined
+    const management: Effect.Effect<Management.ManagementChannel, ServiceError> = Effect.suspend(() => {
+      if (managementCache === undefined) managementCache = Effect.runSync(Effect.cached(attachManagement))
+      // A failed attach is not remembered: the next use tries again.
+      return Effect.tapError(managementCache, () =>
+        Effect.sync(() => {
+          managementCache = undefined
+        }))
+    })
 
     let wanted = 0
     const receive = (maxMessages: number, receiveOptions: Api.ReceiveOptions = {}) =>
@@ -559,19 +626,26 @@ export const makeSession = (
         })
         // Credit not used stays granted: messages that arrive later wait, locked, in the session's
         // buffer for the next receive (draining the credit races with concurrent receives).
-      }).pipe(Effect.withSpan("ServiceBusTransaction.receive", { attributes: { entity, maxMessages } }))
+      }).pipe(
+        Effect.withSpan("ServiceBusTransaction.receive", {
+          attributes: { entity, maxMessages },
+          captureStackTrace: false
+        })
+      )
 
-    // Transactions declared ahead: taking one declares the next, so `run` usually finds its
-    // transaction ready and saves the declare's round trip. At most one is ahead; one not used
-    // within `spareMaxAgeMillis` is rolled back. Closing the coordinator link (the end of the
-    // session) rolls back the one that is left.
-    type Spare =
-      | {
-        readonly _tag: "Pending"
-        claim: ((result: Either.Either<Buffer, Coordinator.CoordinatorError>) => void) | undefined
-      }
-      | { readonly _tag: "Ready"; readonly txnId: Buffer; readonly at: number }
-    let spare: Spare | undefined
+    // Transactions declared ahead, so that `run` usually finds its transaction ready and saves
+    // the declare's round trip: the session keeps as many declared (or being declared) as there
+    // are transactions running, up to `maxSpares`. The declares that refill the pool are written
+    // with a running transaction's next frames (its flush, or its discharge), so they cost no
+    // write of their own. A spare holds nothing on Service Bus (its time limit starts at its first
+    // operation); one not used within `spareMaxAgeMillis` is rolled back. Closing the coordinator
+    // link (the end of the session) rolls back those left.
+    const ready: Array<{ readonly txnId: Buffer; readonly at: number }> = []
+    // Runs waiting for a declare of the pool that is still on its way, first come, first served.
+    const claims: Array<(result: Either.Either<Buffer, Coordinator.CoordinatorError>) => void> = []
+    let inFlight = 0
+    let running = 0
+    let refillWanted = false
     let closed = false
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
@@ -580,48 +654,74 @@ export const makeSession = (
     )
     const declareNow: Start<Buffer, Coordinator.CoordinatorError> = (finish) =>
       coordinator.request(encodeDeclare(), (answer) => finish(Either.flatMap(answer, Coordinator.declareResult)))
-    const declareAhead = () => {
-      if (spare !== undefined || closed || connection.isLost()) return
-      const slot: Spare = { _tag: "Pending", claim: undefined }
-      spare = slot
-      declareNow((result) => {
-        if (spare === slot) spare = undefined
-        const claim = slot.claim
-        if (claim !== undefined) {
-          claim(result)
-          declareAhead()
-        } else if (Either.isRight(result)) {
-          if (closed) return
-          if (spare === undefined) spare = { _tag: "Ready", txnId: result.right, at: Date.now() }
-          else rollBack(result.right)
-        }
-      })
-    }
     const rollBack = (txnId: Buffer) => {
       if (closed || connection.isLost()) return
       coordinator.request(encodeDischarge(txnId, true), () => undefined)
     }
+    const refill = () => {
+      refillWanted = false
+      if (closed || connection.isLost()) return
+      const target = Math.min(maxSpares, Math.max(1, running))
+      for (let have = ready.length + inFlight - claims.length; have < target; have++) {
+        inFlight++
+        declareNow((result) => {
+          inFlight--
+          const claim = claims.shift()
+          if (claim !== undefined) {
+            refillWanted = true
+            claim(result)
+          } else if (Either.isRight(result)) {
+            if (closed) return
+            ready.push({ txnId: result.right, at: Date.now() })
+          }
+        })
+      }
+    }
+    /** A fresh transaction of the pool, taken at once; stale ones are rolled back on the way. */
+    const takeReady = (): Buffer | undefined => {
+      const now = Date.now()
+      for (let spare = ready.shift(); spare !== undefined; spare = ready.shift()) {
+        if (now - spare.at <= spareMaxAgeMillis) {
+          running++
+          refillWanted = true
+          return spare.txnId
+        }
+        rollBack(spare.txnId)
+      }
+      return undefined
+    }
     const declare: Start<Buffer, Coordinator.CoordinatorError> = (finish) => {
-      const current = spare
-      if (current?._tag === "Ready") {
-        spare = undefined
-        if (Date.now() - current.at <= spareMaxAgeMillis) {
-          finish(Either.right(current.txnId))
-          declareAhead()
-          return () => undefined
-        }
-        rollBack(current.txnId)
+      const taken = takeReady()
+      if (taken !== undefined) {
+        finish(Either.right(taken))
+        return () => undefined
       }
-      if (current?._tag === "Pending" && current.claim === undefined) {
-        current.claim = finish
-        // Given up (timeout, interruption): the answer becomes the next spare.
+      running++
+      let waiting = true
+      const done = (result: Either.Either<Buffer, Coordinator.CoordinatorError>) => {
+        waiting = false
+        finish(result)
+      }
+      if (inFlight > claims.length) {
+        claims.push(done)
+        // Given up (timeout, interruption): the answer goes to the pool.
         return () => {
-          if (current.claim === finish) current.claim = undefined
+          if (!waiting) return
+          waiting = false
+          const index = claims.indexOf(done)
+          if (index >= 0) claims.splice(index, 1)
         }
       }
-      const stop = declareNow(finish)
-      declareAhead()
+      const stop = declareNow(done)
+      refill()
       return stop
+    }
+    const prepareNext = () => {
+      if (refillWanted) refill()
+    }
+    /** A transaction taken by `declare` or `takeReady` has ended (discharged, or never declared). */
+    const release = () => {
+      running = Math.max(0, running - 1)
     }
 
     const settle = (message: ReceivedMessage, settlement: Settlement) =>
@@ -632,11 +732,61 @@ export const makeSession = (
             : error
         ),
         Effect.withSpan("ServiceBusTransaction.settle", {
-          attributes: { entity, messageId: message.messageId ?? "", settlement: settlement._tag }
+          attributes: { entity, messageId: message.messageId ?? "", settlement: settlement._tag },
+          captureStackTrace: false
         })
       )
 
-    const api: Api.TransactionalSession = { entity, viaEntity, receive, settle }
+    const renewLock = (message: ReceivedMessage): Effect.Effect<Date, SettleError> =>
+      Effect.suspend(() => {
+        const context = {
+          operation: "renewLock",
+          entity,
+          messageId: message.messageId,
+          lockToken: message.lockToken
+        }
+        const lockToken = message.lockToken
+        if (lockToken === undefined) {
+          return Effect.fail(new MessageLockLost({ ...context, reason: "the message has no lock token" }))
+        }
+        return Effect.flatMap(management, (channel) =>
+          wire<Date, SettleError>(
+            (finish) =>
+              channel.request(
+                {
+                  operation: Management.Operations.renewLock,
+                  body: { "lock-tokens": Management.lockTokensArray([lockToken]) }
+                },
+                (answer) => {
+                  const problem = managementResult(answer, undefined, context)
+                  if (problem !== undefined || Either.isLeft(answer)) {
+                    return finish(Either.left(
+                      problem === undefined || problem._tag === "TransactionFailed" ||
+                        problem._tag === "TransactionTimeout"
+                        ? new ServiceBusFailure({ ...context, reason: problem?.message ?? "no answer" })
+                        : problem
+                    ))
+                  }
+                  const [until] = Management.expirationsOf(answer.right.body)
+                  finish(
+                    until === undefined || Number.isNaN(until.getTime())
+                      ? Either.left(
+                        new ServiceBusFailure({ ...context, reason: "the renew-lock answer has no expiration" })
+                      )
+                      : Either.right(until)
+                  )
+                }
+              ),
+            () => "renewLock"
+          ))
+      }).pipe(
+        Effect.withSpan("ServiceBusTransaction.renewLock", {
+          attributes: { entity, messageId: message.messageId ?? "", lockToken: message.lockToken ?? "" },
+          captureStackTrace: false
+        })
+      )
+
+    const api: Api.TransactionalSession = { entity, viaEntity, receive, settle, renewLock }
     const internalsOf: SessionInternals = {
       connection,
       entity,
@@ -646,27 +796,49 @@ export const makeSession = (
       sender,
       guard,
       wire,
-      declare
+      declare,
+      prepareNext,
+      takeReady,
+      release,
+      readySender,
+      management
     }
     internals.set(api, internalsOf)
     return api
   }).pipe(Effect.withSpan("ServiceBusTransaction.makeSession"))
 
 /**
- * Starts settling a received message: writes its disposition and listens until Service Bus
- * settles it. Fails at once when the message is not one of this session's unsettled deliveries.
+ * Starts settling a received message: writes its disposition on the receive link while its
+ * delivery is open there, or, given the management channel, settles it by lock token through the
+ * entity's `$management` node (`update-disposition`), as after a rolled-back transaction. Without
+ * either, it fails at once.
  */
 const startSettle = (
   session: SessionInternals,
   message: ReceivedMessage,
   settlement: Settlement,
-  txnId: Uint8Array | undefined
+  txnId: Uint8Array | undefined,
+  channel?: Management.ManagementChannel
 ): Start<void, SettleError | TransactionFailed | TransactionTimeout> =>
 (finish) => {
   const operation = settlementName(settlement)
   const context = { operation, entity: session.entity, messageId: message.messageId, lockToken: message.lockToken }
-  const delivery = message.lockToken === undefined ? undefined : session.deliveries.get(message.lockToken)
+  const lockToken = message.lockToken
+  const delivery = lockToken === undefined ? undefined : session.deliveries.get(lockToken)
   if (delivery === undefined) {
+    if (channel !== undefined && lockToken !== undefined) {
+      return channel.request(
+        {
+          operation: Management.Operations.updateDisposition,
+          body: updateDispositionBody(lockToken, settlement),
+          txnId
+        },
+        (answer) => {
+          const problem = managementResult(answer, txnId, context)
+          finish(problem === undefined ? Either.void : Either.left(problem))
+        }
+      )
+    }
     finish(Either.left(
       new MessageLockLost({
         ...context,
@@ -690,21 +862,111 @@ const startSettle = (
         )
     )
   })
-  // Once a disposition is written, rhea will not write another for the delivery: after a
-  // rollback the message is settled when it is delivered again.
-  session.deliveries.delete(message.lockToken!)
+  // Once a disposition is written, rhea will not write another for the delivery: a later
+  // settlement (after a rollback) goes through the management node.
+  session.deliveries.delete(lockToken!)
   delivery.update(false, txnId === undefined ? deliveryState(outcome) : transactionalState(txnId, outcome))
   return stop
 }
 
-/** Sends a disposition for a received message and waits for Service Bus to settle it. */
+/** The `update-disposition` request body of a settlement. */
+const updateDispositionBody = (lockToken: string, settlement: Settlement): Record<string, unknown> => {
+  const body: Record<string, unknown> = { "lock-tokens": Management.lockTokensArray([lockToken]) }
+  const properties = settlement._tag === "Complete" ? undefined : settlement.properties
+  switch (settlement._tag) {
+    case "Complete":
+      body["disposition-status"] = "completed"
+      break
+    case "Abandon":
+      body["disposition-status"] = "abandoned"
+      break
+    case "Defer":
+      // Service Bus spells it this way.
+      body["disposition-status"] = "defered"
+      break
+    case "DeadLetter":
+      body["disposition-status"] = "suspended"
+      body["deadletter-reason"] = settlement.reason
+      if (settlement.description !== undefined) body["deadletter-description"] = settlement.description
+      break
+  }
+  if (properties !== undefined && Object.keys(properties).length > 0) body["properties-to-modify"] = { ...properties }
+  return body
+}
+
+// Status codes of `$management` answers that come without an error condition.
+const conditionOfStatus = (status: number): string | undefined => {
+  switch (status) {
+    case 401:
+      return "amqp:unauthorized-access"
+    case 404:
+      return "com.microsoft:message-not-found"
+    case 408:
+      return "com.microsoft:timeout"
+    case 410:
+      return "com.microsoft:message-lock-lost"
+    case 503:
+      return "com.microsoft:server-busy"
+    default:
+      return undefined
+  }
+}
+
+/** Undefined when the `$management` node answered with success; otherwise the failure. */
+const managementResult = (
+  answer: Either.Either<Management.ManagementResponse, Management.ManagementFailure>,
+  txnId: Uint8Array | undefined,
+  context: {
+    readonly operation: string
+    readonly entity: string
+    readonly messageId?: string | undefined
+    readonly lockToken?: string | undefined
+  }
+): SettleError | TransactionFailed | TransactionTimeout | undefined => {
+  if (Either.isLeft(answer)) {
+    const failure = answer.left
+    return failure._tag === "Refused" && failure.condition !== undefined
+      ? settleError({ condition: failure.condition, description: failure.reason }, context)
+      : new ServiceBusUnavailable({ operation: context.operation, entity: context.entity, reason: failure.reason })
+  }
+  const response = answer.right
+  if (Management.isSuccess(response)) return undefined
+  const condition = response.condition ?? conditionOfStatus(response.statusCode)
+  const description = response.description ?? `status ${response.statusCode}`
+  const transactionId = txnId === undefined ? "" : Buffer.from(txnId).toString("hex")
+  if (condition === TransactionErrorCondition.timeout) {
+    return new TransactionTimeout({ transactionId, entity: context.entity, reason: description })
+  }
+  if (condition === TransactionErrorCondition.unknownId || condition === TransactionErrorCondition.rollback) {
+    return new TransactionFailed({ transactionId, entity: context.entity, condition, reason: description })
+  }
+  return settleError(
+    { condition: condition ?? "amqp:internal-error", description: `${description} (status ${response.statusCode})` },
+    context
+  )
+}
+
+/**
+ * Sends a disposition for a received message and waits for Service Bus to settle it: on the
+ * receive link while its delivery is open there, otherwise through the management node.
+ */
 const settleDelivery = (
   session: SessionInternals,
   message: ReceivedMessage,
   settlement: Settlement,
   txnId: Uint8Array | undefined
 ): Effect.Effect<void, SettleError | TransactionFailed | TransactionTimeout> =>
-  session.wire(startSettle(session, message, settlement, txnId), () => settlementName(settlement))
+  Effect.suspend(() => {
+    const lockToken = message.lockToken
+    if (lockToken === undefined || session.deliveries.has(lockToken)) {
+      return session.wire(startSettle(session, message, settlement, txnId), () => settlementName(settlement))
+    }
+    return Effect.flatMap(
+      session.management,
+      (channel) =>
+        session.wire(startSettle(session, message, settlement, txnId, channel), () => settlementName(settlement))
+    )
+  })
 
 type AnswerProblem =
   | { readonly _tag: "Rejected"; readonly condition: string | undefined; readonly description: string | undefined }
@@ -871,11 +1133,13 @@ const dischargeTimeout = "the coordinator did not answer the discharge in time; 
 
 const discharge =
   (session: SessionInternals, txnId: Uint8Array, fail: boolean): Start<void, Coordinator.CoordinatorError> =>
-  (finish) =>
-    session.coordinator.request(
+  (finish) => {
+    session.prepareNext()
+    return session.coordinator.request(
       encodeDischarge(txnId, fail),
       (answer) => finish(Either.flatMap(answer, (state) => Coordinator.dischargeResult(txnId, state)))
     )
+  }
 
 const isCoordinatorError = (
   error: Coordinator.CoordinatorError | ServiceError
@@ -902,7 +1166,8 @@ export const run = <A, E, R>(
   const entity = session.entity
   return Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
-      const txnId = yield* restore(
+      const ready = session.takeReady()
+      const txnId = ready !== undefined ? ready : yield* restore(
         session.wire(session.declare, () => "declare").pipe(
           Effect.mapError((e) => coordinatorErrorOrService(e, entity, "declare"))
         )
@@ -926,14 +1191,14 @@ export const run = <A, E, R>(
       const settle = (message: ReceivedMessage, settlement: Settlement): Effect.Effect<void, Api.TransactionError> =>
         Effect.suspend((): Effect.Effect<void, Api.TransactionError> => {
           const token = message.lockToken
-          if (token === undefined || !session.deliveries.has(token)) {
+          if (token === undefined) {
             return Effect.fail(
               new MessageLockLost({
                 operation: settlementName(settlement),
                 entity,
                 messageId: message.messageId,
                 lockToken: token,
-                reason: "the message was not received on this session, or is already settled"
+                reason: "the message has no lock token"
               })
             )
           }
@@ -965,19 +1230,68 @@ export const run = <A, E, R>(
           encoded.length === 0 ? Effect.void : enlist(encoded.length, { _tag: "Send", destination, messages: encoded }))
       }
 
+      type Operation = { readonly name: string; readonly start: Start<void, Api.TransactionError> }
+      const writeAll = (operations: ReadonlyArray<Operation>): Effect.Effect<void, Api.TransactionError> => {
+        const unanswered = new Set<number>()
+        const all = startAll(operations, unanswered)
+        return session.wire<void, Api.TransactionError>((finish) => {
+          session.prepareNext()
+          return all(finish)
+        }, () => {
+          // A timeout names the first operation still without an answer.
+          const [index] = unanswered
+          return operations[index ?? 0]?.name ?? "flush"
+        })
+      }
+      // The operations, when every link they need is at hand (the usual case); otherwise
+      // undefined, and the links are attached first.
+      const operationsAtHand = (batch: ReadonlyArray<Pending>): Array<Operation> | undefined => {
+        const operations: Array<Operation> = []
+        for (const item of batch) {
+          if (item._tag === "Settle") {
+            const token = item.message.lockToken
+            if (token !== undefined && !session.deliveries.has(token)) {
+              return undefined
+            }
+            operations.push({
+              name: settlementName(item.settlement),
+              start: startSettle(session, item.message, item.settlement, txnId)
+            })
+          } else {
+            const sender = session.readySender(item.destination)
+            if (sender === undefined) {
+              return undefined
+            }
+            for (const encoded of item.messages) {
+              operations.push({ name: "send", start: startSend(session, sender, item.destination, encoded, txnId) })
+            }
+          }
+        }
+        return operations
+      }
       const flush: Effect.Effect<void, Api.TransactionError> = Effect.suspend(() => {
         const batch = pending
         pending = []
         if (batch.length === 0) {
           return Effect.void
         }
+        const atHand = operationsAtHand(batch)
+        if (atHand !== undefined) {
+          return writeAll(atHand)
+        }
         return Effect.gen(function*() {
-          const operations: Array<{ readonly name: string; readonly start: Start<void, Api.TransactionError> }> = []
+          const operations: Array<Operation> = []
           for (const item of batch) {
             if (item._tag === "Settle") {
+              // Not open on the receive link (settled in a transaction that was rolled back, or
+              // received elsewhere): settled by lock token through the management node.
+              const token = item.message.lockToken
+              const channel = token !== undefined && !session.deliveries.has(token)
+                ? yield* session.management
+                : undefined
               operations.push({
                 name: settlementName(item.settlement),
-                start: startSettle(session, item.message, item.settlement, txnId)
+                start: startSettle(session, item.message, item.settlement, txnId, channel)
               })
             } else {
               const sender = yield* session.sender(item.destination)
@@ -986,14 +1300,9 @@ export const run = <A, E, R>(
               }
             }
           }
-          const unanswered = new Set<number>()
-          // A timeout names the first operation still without an answer.
-          yield* session.wire(startAll(operations, unanswered), () => {
-            const [index] = unanswered
-            return operations[index ?? 0]?.name ?? "flush"
-          })
+          yield* writeAll(operations)
         })
-      }).pipe(Effect.withSpan("ServiceBusTransaction.flush", { attributes: { entity, transactionId } }))
+      })
 
       const transaction: Api.Transaction = {
         id: transactionId,
@@ -1028,5 +1337,8 @@ export const run = <A, E, R>(
       }
       return yield* exit
     })
-  ).pipe(Effect.withSpan("Transaction.run", { attributes: { entity } }))
+  ).pipe(
+    Effect.ensuring(Effect.sync(session.release)),
+    Effect.withSpan("Transaction.run", { attributes: { entity }, captureStackTrace: false })
+  )
 }

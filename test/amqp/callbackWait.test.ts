@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Either, Exit, Fiber, TestClock } from "effect"
-import { awaitCallback, type Start } from "../../src/internal/amqp/callbackWait.js"
+import { awaitCallback, boundedPromise, type Start } from "../../src/internal/amqp/callbackWait.js"
 
 // A start function whose answer is given by the test; counts how often listening stopped.
 const manual = <A, E>() => {
@@ -100,5 +100,73 @@ describe("awaitCallback", () => {
       const exit = yield* Fiber.interrupt(fiber)
       assert.isTrue(Exit.isInterrupted(exit))
       assert.strictEqual(state.stopped, 1)
+    }))
+})
+
+describe("boundedPromise", () => {
+  it.live("resolves with the promise's value, and leaves its signal alone", () =>
+    Effect.gen(function*() {
+      let signal: AbortSignal | undefined
+      const value = yield* boundedPromise(
+        (s) => {
+          signal = s
+          return Promise.resolve(7)
+        },
+        String,
+        { timeout: "1 minute", onTimeout: () => "timeout" }
+      )
+      assert.strictEqual(value, 7)
+      assert.isFalse(signal!.aborted)
+    }))
+
+  it.live("maps a rejection, and a throw before any promise", () =>
+    Effect.gen(function*() {
+      const rejected = yield* boundedPromise(() => Promise.reject(new Error("no")), (e) => `mapped ${String(e)}`, {
+        timeout: "1 minute",
+        onTimeout: () => "timeout"
+      }).pipe(Effect.flip)
+      assert.strictEqual(rejected, "mapped Error: no")
+      const thrown = yield* boundedPromise(() => {
+        throw new Error("sync")
+      }, (e) =>
+        `mapped ${String(e)}`, {
+        timeout: "1 minute",
+        onTimeout: () =>
+          "timeout"
+      }).pipe(Effect.flip)
+      assert.strictEqual(thrown, "mapped Error: sync")
+    }))
+
+  it.effect("times out, aborting the call (under the test clock)", () =>
+    Effect.gen(function*() {
+      let signal: AbortSignal | undefined
+      const fiber = yield* Effect.fork(boundedPromise(
+        (s) => {
+          signal = s
+          return new Promise<number>(() => undefined)
+        },
+        String,
+        { timeout: "5 seconds", onTimeout: () => "timeout" }
+      ))
+      yield* TestClock.adjust(Duration.seconds(5))
+      const exit = yield* Fiber.await(fiber)
+      assert.deepStrictEqual(exit, Exit.fail("timeout"))
+      assert.isTrue(signal!.aborted)
+    }))
+
+  it.live("interruption aborts the call", () =>
+    Effect.gen(function*() {
+      let signal: AbortSignal | undefined
+      const fiber = yield* Effect.fork(boundedPromise(
+        (s) => {
+          signal = s
+          return new Promise<number>(() => undefined)
+        },
+        String,
+        { timeout: "1 minute", onTimeout: () => "timeout" }
+      ))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(fiber)
+      assert.isTrue(signal!.aborted)
     }))
 })

@@ -18,7 +18,8 @@ describe("ServiceBusEmulator via entity", () => {
       const viaA = yield* ServiceBusTransaction.makeSession({ connection, entity: MessageReceiver.queue("a") })
       const onB = yield* ServiceBusTransaction.makeSession({ connection, entity: MessageReceiver.queue("b") })
       const [fromB] = yield* onB.receive(1, { maxWait: "5 seconds" })
-      // A message of "b" is unknown to session 1's receiver: refused before anything is sent.
+      // A message of "b" is not open on session 1's receive link, and its lock token is unknown
+      // to the management node of "a": refused.
       const refused = yield* ServiceBusTransaction.run(viaA, (tx) => tx.complete(fromB)).pipe(Effect.flip)
       assert.strictEqual(refused._tag, "MessageLockLost")
       // Sending to "b" through the via entity "a" works.

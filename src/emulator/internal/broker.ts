@@ -8,6 +8,20 @@ import { MinHeap } from "./heap.js"
 import type { Envelope, MapEntry } from "./message.js"
 import { annotation, entry, messageIdKey, withEntries } from "./message.js"
 
+// Lock tokens and transaction ids are drawn from a pool of random bytes refilled 4 KiB at a time:
+// one `randomBytes` call per message costs more than the rest of locking it.
+let randomPool = Buffer.alloc(0)
+let randomOffset = 0
+const randomId = (size: number): Buffer => {
+  if (randomOffset + size > randomPool.length) {
+    randomPool = randomBytes(4096)
+    randomOffset = 0
+  }
+  const id = Buffer.from(randomPool.subarray(randomOffset, randomOffset + size))
+  randomOffset += size
+  return id
+}
+
 /** Settings of a queue or subscription (and, for the send side, of a topic). */
 export interface EntitySettings {
   readonly lockDurationMs: number
@@ -591,7 +605,7 @@ export class Broker {
   // Locks and settlement
 
   lock(message: StoredMessage): Lock {
-    const token = randomBytes(16)
+    const token = randomId(16)
     const lock: Lock = {
       token,
       key: token.toString("hex"),
@@ -754,7 +768,7 @@ export class Broker {
   // Transactions
 
   declare(owner: object): Transaction {
-    const txn = new Transaction(randomBytes(8), owner)
+    const txn = new Transaction(randomId(8), owner)
     this.transactions.set(txn.key, txn)
     return txn
   }

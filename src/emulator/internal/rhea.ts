@@ -132,6 +132,7 @@ export interface Connection {
   }
   readonly options: { readonly id?: string }
   close(error?: { condition: string; description: string }): void
+  is_open(): boolean
   is_closed(): boolean
   _register(): void
 }

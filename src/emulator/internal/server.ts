@@ -2,6 +2,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto"
 import type { EventEmitter } from "node:events"
 import type { Server as NetServer, Socket } from "node:net"
+import { coalesceWrites } from "../../internal/amqp/coalesceWrites.js"
 import type { Consumer, Lock, Outcome, Store, Target } from "./broker.js"
 import {
   Broker,
@@ -268,6 +269,8 @@ export class EmulatorServer {
   }
 
   private onConnectionOpen(ctx: Context): void {
+    // The answers written in one tick go out together (rhea writes each frame on its own).
+    coalesceWrites(ctx.connection)
     const sasl = ctx.connection.sasl_transport
     const mechanism = sasl?.mechanism ?? sasl?.selected?.mechanism
     // Only PLAIN has a callback; it succeeded, or the connection would not be open.
@@ -521,6 +524,9 @@ export class EmulatorServer {
       delivery.update(true, states.rejected(Conditions.notAllowed, "This link does not accept messages."))
       return
     }
+    // Arrived after this side closed the connection: the client never hears of an outcome, so
+    // the message is not taken (it is sent again on the next connection).
+    if (!ctx.connection.is_open()) return
     const format = ctx.format === undefined || ctx.format === RAW_FORMAT_0 ? 0 : ctx.format
     const transferState = state.transferStates.get(delivery.id)
     state.transferStates.delete(delivery.id)
@@ -851,11 +857,22 @@ export class EmulatorServer {
       return t
     }
     const ok = (pairs: Array<Buffer>) => ({ status: 200, body: encodeMap(pairs) })
+    // Lock tokens are known only to the entity whose message they lock.
+    const lockOf = (token: Buffer) => {
+      const lock = this.broker.findLock(token)
+      if (lock.message.store !== this.broker.findStore(entityPath)) {
+        throw new BrokerError(
+          Conditions.lockLost,
+          "The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue."
+        )
+      }
+      return lock
+    }
     switch (operation) {
       case "com.microsoft:renew-lock": {
         const expirations: Array<Buffer> = []
         for (const token of lockTokens(body)) {
-          const until = this.broker.renewLock(this.broker.findLock(token))
+          const until = this.broker.renewLock(lockOf(token))
           const b = Buffer.allocUnsafe(8)
           b.writeBigInt64BE(BigInt(until))
           expirations.push(b)
@@ -954,7 +971,7 @@ export class EmulatorServer {
             throw new BrokerError(Conditions.argumentError, `Unknown disposition status "${String(status)}".`)
         }
         for (const token of lockTokens(body)) {
-          const lock = this.broker.findLock(token)
+          const lock = lockOf(token)
           if (txnId !== undefined) {
             const txn = this.broker.findTransaction(txnId)
             this.broker.enlistSettlement(txn, state.session.via ?? lock.message.store.viaEntity, lock, outcome)

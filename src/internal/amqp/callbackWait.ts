@@ -76,3 +76,41 @@ export const awaitCallback = <A, E, E2, E3 = never>(
       : Effect.timeoutFail(untimed(start, options.onLost), { duration, onTimeout: options.onTimeout })
   )
 }
+
+/**
+ * Runs a promise-returning call as one callback wait (see {@link awaitCallback}): bounded by
+ * `timeout`, with one timer and no fiber forked. When the wait ends before the promise settles
+ * (timeout, interruption), the signal given to `f` aborts. `Effect.timeoutFail` around
+ * `Effect.tryPromise` does the same with a race of two fibers, which adds a measurable share of
+ * a millisecond to every call.
+ */
+export const boundedPromise = <A, E, E2>(
+  f: (signal: AbortSignal) => Promise<A>,
+  onError: (cause: unknown) => E,
+  options: CallbackWaitOptions<E2, never>
+): Effect.Effect<A, E | E2> =>
+  awaitCallback<A, E, E2>((finish) => {
+    const controller = new AbortController()
+    let settled = false
+    let promise: Promise<A>
+    try {
+      promise = f(controller.signal)
+    } catch (cause) {
+      settled = true
+      finish(Either.left(onError(cause)))
+      return () => undefined
+    }
+    promise.then(
+      (value) => {
+        settled = true
+        finish(Either.right(value))
+      },
+      (cause) => {
+        settled = true
+        finish(Either.left(onError(cause)))
+      }
+    )
+    return () => {
+      if (!settled) controller.abort()
+    }
+  }, options)
