@@ -281,7 +281,8 @@ export interface ServiceBusOptions {
  * Atomic mode, the default wherever Service Bus has transactions (Standard and Premium tiers):
  * each message's completion and its handler's outgoing messages are committed in one Service Bus
  * transaction, on one AMQP connection per processor. Locks are renewed through the entity's
- * management link.
+ * management link. When the connection is lost, the messages received on it are given up at
+ * once (they can only be settled on it) and delivered again.
  *
  * @since 0.1.0
  * @category constructors
@@ -292,7 +293,8 @@ export const atomic: (options: ServiceBusOptions) => Transport<never> = transpor
  * Idempotent mode, for the Basic tier or when transactions are turned off: outgoing messages are
  * sent first, with deterministic ids, then the message is completed. A failure between the two
  * redelivers the message, and its resent messages are dropped by duplicate detection (turn it on
- * for the destinations).
+ * for the destinations). A settlement still unanswered when the message's lock runs out is given
+ * up, and the message is delivered again.
  *
  * @since 0.1.0
  * @category constructors
@@ -359,7 +361,10 @@ export interface Options<H extends Handlers, R> {
    * below the entity's `maxDeliveryCount`, so the dead-letter reason is the handler's error.
    */
   readonly maxAttempts?: number
-  /** Lock renewal while a handler runs; `false` to turn it off. */
+  /**
+   * Lock renewal while a handler runs; `false` to turn it off. Renewals are timed from the lock's
+   * expiry as received (a lock almost gone when its message is handed over is renewed at once).
+   */
   readonly lockRenewal?: LockRenewalOptions | false
   /** How long shutdown waits for in-flight messages before abandoning them; 30 seconds by default. */
   readonly shutdownTimeout?: Duration.DurationInput

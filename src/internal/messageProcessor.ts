@@ -10,16 +10,18 @@ import {
   Duration,
   Effect,
   Either,
+  Exit,
   Fiber,
+  FiberId,
   FiberSet,
   Metric,
   MetricBoundaries,
   Option,
   ParseResult,
+  PubSub,
   Schedule,
   Schema,
   Stream,
-  SubscriptionRef,
   Tracer
 } from "effect"
 import * as Aggregate from "../Aggregate.js"
@@ -178,19 +180,53 @@ export const run = <H extends Api.Handlers, R>(
       duration: Metric.tagged(metrics.duration, "entity", entity)
     }
 
-    // The handlers' services, captured once: the fibers run in the processor's scope.
-    const services = yield* Effect.context<never>()
+    // The handlers' services come with the context: the message fibers are forked from the loop,
+    // which is forked from here.
     const link = yield* transport.open({
       source,
       destinations: options.destinations ?? [],
       lockRenewal: options.lockRenewal
     })
-    const stats = yield* SubscriptionRef.make(zero)
-    const bump = (f: (stats: Mutable<Api.Stats>) => void) =>
-      SubscriptionRef.update(stats, (current) => {
+    // The counts change a few times per message: a plain snapshot, published only while someone
+    // listens, and waiters checked as it changes.
+    let current: Api.Stats = zero
+    let listeners = 0
+    const published = yield* PubSub.unbounded<Api.Stats>()
+    const waiters = new Set<
+      { readonly predicate: (stats: Api.Stats) => boolean; readonly done: Deferred.Deferred<Api.Stats> }
+    >()
+    const bump = (f: (stats: Mutable<Api.Stats>) => void): Effect.Effect<void> =>
+      Effect.suspend(() => {
         const next = { ...current }
         f(next)
-        return next
+        current = next
+        for (const waiter of waiters) {
+          if (waiter.predicate(next)) {
+            waiters.delete(waiter)
+            Deferred.unsafeDone(waiter.done, Exit.succeed(next))
+          }
+        }
+        return listeners === 0 ? Effect.void : Effect.asVoid(PubSub.publish(published, next))
+      })
+    const changes: Stream.Stream<Api.Stats> = Stream.unwrapScoped(Effect.gen(function*() {
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          listeners++
+        }),
+        () =>
+          Effect.sync(() => {
+            listeners--
+          })
+      )
+      const subscription = yield* PubSub.subscribe(published)
+      return Stream.concat(Stream.succeed(current), Stream.fromQueue(subscription))
+    }))
+    const awaitStats = (predicate: (stats: Api.Stats) => boolean): Effect.Effect<Api.Stats> =>
+      Effect.suspend(() => {
+        if (predicate(current)) return Effect.succeed(current)
+        const waiter = { predicate, done: Deferred.unsafeMake<Api.Stats>(FiberId.none) }
+        waiters.add(waiter)
+        return Deferred.await(waiter.done).pipe(Effect.onInterrupt(() => Effect.sync(() => waiters.delete(waiter))))
       })
 
     // ---------------------------------------------------------------------------------------
@@ -208,6 +244,13 @@ export const run = <H extends Api.Handlers, R>(
       const attempt = earlierAttempts + message.deliveryCount
       const subject = message.subject
       const correlationId = message.correlationId ?? messageId
+      // Counts are changed once when the message comes and once when it is done with, so that a
+      // reader never sees it counted as both in flight and finished.
+      const changes: Array<(stats: Mutable<Api.Stats>) => void> = []
+      const note = (change: (stats: Mutable<Api.Stats>) => void) =>
+        Effect.sync(() => {
+          changes.push(change)
+        })
       const attributes = {
         entity,
         messageId,
@@ -291,11 +334,11 @@ export const run = <H extends Api.Handlers, R>(
               done
                 ? Effect.zipRight(
                   Metric.increment(counters.deadLetters),
-                  bump((s) => {
+                  note((s) => {
                     s.deadLettered++
                   })
                 )
-                : bump((s) => {
+                : note((s) => {
                   s.abandoned++
                 })
             ),
@@ -307,7 +350,7 @@ export const run = <H extends Api.Handlers, R>(
 
       const abandon = settleOrRelease({ _tag: "Abandon" }, "abandon").pipe(
         Effect.zipRight(Metric.increment(counters.retries)),
-        Effect.zipRight(bump((s) => {
+        Effect.zipRight(note((s) => {
           s.abandoned++
         }))
       )
@@ -343,7 +386,7 @@ export const run = <H extends Api.Handlers, R>(
           )
           if (!done) return yield* abandon
           yield* Metric.increment(counters.retries)
-          yield* bump((s) => {
+          yield* note((s) => {
             s.rescheduled++
           })
         })
@@ -371,14 +414,13 @@ export const run = <H extends Api.Handlers, R>(
             retried
               ? Effect.zipRight(
                 Metric.increment(counters.retries),
-                bump((s) => {
+                note((s) => {
                   s.retries++
                 })
               )
               : Effect.void,
             selected.handle(body, context).pipe(
               Effect.provideService(CurrentMessage, context),
-              Effect.provide(services),
               Effect.as(buffer)
             ) as Effect.Effect<Array<Dispatch>, unknown>
           )
@@ -400,6 +442,7 @@ export const run = <H extends Api.Handlers, R>(
       const commit = (sends: ReadonlyArray<Dispatch>) =>
         item.commit({ _tag: "Complete" }, sends).pipe(
           Effect.withSpan("MessageProcessor.commit", {
+            captureStackTrace: false,
             attributes: {
               entity,
               messageId,
@@ -429,7 +472,7 @@ export const run = <H extends Api.Handlers, R>(
             if (Cause.isInterruptedOnly(outcome.cause)) {
               // Shutdown ran out of time: let another receiver have the message at once.
               yield* settleOrRelease({ _tag: "Abandon" }, "abandon")
-              return yield* bump((s) => {
+              return yield* note((s) => {
                 s.abandoned++
               })
             }
@@ -439,13 +482,13 @@ export const run = <H extends Api.Handlers, R>(
           const committed = yield* Effect.either(commit(outcome.value))
           if (Either.isLeft(committed)) {
             yield* Metric.increment(counters.commitFailures)
-            yield* bump((s) => {
+            yield* note((s) => {
               s.commitFailures++
             })
             return yield* failed(committed.left)
           }
           yield* Metric.increment(counters.processed)
-          yield* bump((s) => {
+          yield* note((s) => {
             s.completed++
           })
         })
@@ -466,6 +509,7 @@ export const run = <H extends Api.Handlers, R>(
             Effect.zipRight(
               Metric.update(counters.duration, end - start),
               bump((s) => {
+                for (const change of changes) change(s)
                 s.inFlight--
               })
             )))
@@ -473,6 +517,7 @@ export const run = <H extends Api.Handlers, R>(
       }).pipe(
         Effect.withSpan("MessageProcessor.handle", {
           kind: "consumer",
+          captureStackTrace: false,
           attributes,
           ...(parentSpanOf(message.traceparent) === undefined
             ? {}
@@ -539,14 +584,9 @@ export const run = <H extends Api.Handlers, R>(
     const processor: Api.Processor = {
       source,
       mode: transport.mode,
-      stats: SubscriptionRef.get(stats),
-      changes: stats.changes,
-      awaitStats: (predicate) =>
-        stats.changes.pipe(
-          Stream.filter(predicate),
-          Stream.runHead,
-          Effect.map(Option.getOrElse(() => zero))
-        ),
+      stats: Effect.sync(() => current),
+      changes,
+      awaitStats,
       shutdown
     }
     return processor

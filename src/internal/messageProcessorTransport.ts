@@ -1,10 +1,12 @@
 // The processor's transports: how messages are received, committed and settled. The atomic one
 // runs on a transactional session (recreated when its connection is lost, since a session does
 // not reconnect by itself) and renews locks through an SDK receiver's management link; the
-// others run over the MessageReceiver and MessageSender ports, which renew locks themselves.
+// others run over the MessageReceiver and MessageSender ports. Every mode renews locks with the
+// same loop (`renewalLoop`), whose first renewal is timed from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
 import type { Schedule } from "effect"
-import { Clock, Duration, Effect, Exit, FiberMap, Scope } from "effect"
+import { Clock, Duration, Effect, Exit, Fiber, FiberMap, Scope } from "effect"
+import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
 import type { LockRenewalOptions, Settlement, Source } from "../MessageReceiver.js"
@@ -12,6 +14,7 @@ import * as MessageReceiver from "../MessageReceiver.js"
 import * as MessageSender from "../MessageSender.js"
 import * as ServiceBusClient from "../ServiceBusClient.js"
 import type { ReceiveError, SendError, ServiceError, SettleError, TransientError } from "../ServiceBusError.js"
+import { MessageLockLost } from "../ServiceBusError.js"
 import * as ServiceBusTransaction from "../ServiceBusTransaction.js"
 import { closeWithin } from "./closeWithin.js"
 import { retryTransient } from "./messageRetry.js"
@@ -70,41 +73,140 @@ const groupSends = (sends: ReadonlyArray<Dispatch>): Map<string, Array<OutgoingM
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lock renewal
+
+const defaultRenewalFraction = 0.5
+const defaultMaxRenewal = 5 * 60_000
+// Between two renewals of one lock; below this, renewing would be a busy loop.
+const minRenewalIntervalMillis = 50
+
+/**
+ * Keeps a message's lock until interrupted. Each renewal is due when `fraction` of the time left
+ * on the lock has passed, counted from the lock's expiry as the broker gave it (not from when the
+ * handler got the message, which may be much later): a lock that is almost gone when the message
+ * is handed over is renewed at once.
+ */
+export const renewalLoop = (
+  message: ReceivedMessage,
+  renew: Effect.Effect<Date, unknown>,
+  options: LockRenewalOptions
+): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    if (message.lockedUntil === undefined) return
+    const fraction = Math.min(0.95, Math.max(0.05, options.fraction ?? defaultRenewalFraction))
+    const maxDuration = options.maxDuration === undefined ? defaultMaxRenewal : Duration.toMillis(options.maxDuration)
+    const start = yield* Clock.currentTimeMillis
+    let lockedUntil = message.lockedUntil.getTime()
+    let renewedAt: number | undefined
+    while (true) {
+      const now = yield* Clock.currentTimeMillis
+      let wait = Math.max(0, (lockedUntil - now) * fraction)
+      if (renewedAt !== undefined) wait = Math.max(wait, renewedAt + minRenewalIntervalMillis - now)
+      if (now + wait - start > maxDuration) return
+      if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+      renewedAt = yield* Clock.currentTimeMillis
+      lockedUntil = (yield* renew).getTime()
+    }
+  }).pipe(
+    Effect.catchAllCause((cause) => Effect.logDebug("Lock renewal stopped", cause)),
+    Effect.annotateLogs({ entity: message.entity, messageId: message.messageId ?? "" })
+  )
+
+// ---------------------------------------------------------------------------------------------
 // Over the ports
+
+// After the first message of a receive, how long to wait for more. A receive of several
+// messages through the SDK holds the first one for up to a second while it waits for the
+// others, which can use up a short lock before the handler even starts; so one message is
+// received first, then whatever else is already there.
+const followUpWait = Duration.millis(20)
+// How long past a lock's expiry a settlement may still be answered (clocks differ a little).
+const settleGraceMillis = 1000
 
 const openPorts = (
   receiver: MessageReceiver.MessageReceiverService,
   sender: MessageSender.MessageSenderService,
   options: OpenOptions
 ): Effect.Effect<Link, never, Scope.Scope> =>
-  Effect.map(Effect.scope, (parent): Link => ({
-    receive: (maxMessages, maxWait) =>
+  Effect.map(Effect.scope, (parent): Link => {
+    const renewal = options.lockRenewal
+    // Deliveries belong to the scope of their receive: closing it once the batch is done
+    // abandons whatever was left unsettled (a shutdown that timed out, a release), and stops
+    // the renewals.
+    const receiveInto = (scope: Scope.Scope, maxMessages: number, maxWait: Duration.Duration) =>
+      receiver.receive(options.source, { maxMessages, maxWaitTime: maxWait, lockRenewal: false }).pipe(
+        Scope.extend(scope)
+      )
+    const inbound = (scope: Scope.Scope, delivery: MessageReceiver.Delivery) =>
       Effect.gen(function*() {
-        // Deliveries belong to the scope of their receive: closing it once the batch is done
-        // abandons whatever was left unsettled (a shutdown that timed out, a release).
-        const scope = yield* Scope.fork(parent, { _tag: "Sequential" })
-        const deliveries = yield* receiver.receive(options.source, {
-          maxMessages,
-          maxWaitTime: maxWait,
-          ...(options.lockRenewal === undefined ? {} : { lockRenewal: options.lockRenewal })
-        }).pipe(
-          Scope.extend(scope),
-          Effect.onError(() => Scope.close(scope, Exit.void))
-        )
-        const items = deliveries.map((delivery): Inbound => ({
+        const message = delivery.message
+        let lockedUntil = message.lockedUntil?.getTime()
+        const renew = Effect.tap(delivery.renewLock, (until) =>
+          Effect.sync(() => {
+            lockedUntil = until.getTime()
+          }))
+        const fiber = renewal === false || lockedUntil === undefined
+          ? undefined
+          : yield* Effect.forkIn(Effect.interruptible(renewalLoop(message, renew, renewal ?? {})), scope)
+        const stopRenewal = fiber === undefined ? Effect.void : Fiber.interrupt(fiber)
+        // A settlement answered after the lock ran out can only fail: it is given up then, so
+        // that a message received before a connection was lost (whose settlement may never be
+        // answered) is delivered again rather than holding its slot.
+        const settle = (settlement: Settlement): Effect.Effect<void, SettleError> =>
+          Effect.zipRight(
+            stopRenewal,
+            Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              lockedUntil === undefined
+                ? delivery.settle(settlement)
+                // Interruptible: the processor settles in an uninterruptible region, where the
+                // timeout would otherwise wait for the settlement it gives up on.
+                : Effect.timeoutFail(Effect.interruptible(delivery.settle(settlement)), {
+                  duration: Duration.millis(Math.max(0, lockedUntil - now) + settleGraceMillis),
+                  onTimeout: () =>
+                    new MessageLockLost({
+                      operation: settlement._tag.toLowerCase(),
+                      entity: message.entity,
+                      ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
+                      ...(message.lockToken === undefined ? {} : { lockToken: message.lockToken }),
+                      reason: "no answer before the lock expired"
+                    })
+                }))
+          )
+        const item: Inbound = {
           message: delivery.message,
           commit: (settlement, sends) =>
-            Effect.forEach(
-              groupSends(sends),
-              ([destination, messages]) => sender.send(destination, messages),
-              { concurrency: "unbounded", discard: true }
-            ).pipe(Effect.zipRight(delivery.settle(settlement))),
-          settle: delivery.settle,
-          release: Effect.void
-        }))
-        return { items, done: Scope.close(scope, Exit.void) }
+            sends.length === 0
+              ? settle(settlement)
+              : Effect.forEach(
+                groupSends(sends),
+                ([destination, messages]) => sender.send(destination, messages),
+                { concurrency: "unbounded", discard: true }
+              ).pipe(Effect.zipRight(settle(settlement))),
+          settle,
+          release: stopRenewal
+        }
+        return item
       })
-  }))
+    return {
+      receive: (maxMessages, maxWait) =>
+        Effect.flatMap(Scope.fork(parent, { _tag: "Sequential" }), (scope) =>
+          Effect.gen(function*() {
+            const first = yield* receiveInto(scope, 1, maxWait)
+            const more = first.length === 0 || maxMessages <= 1
+              ? []
+              : yield* receiveInto(scope, maxMessages - 1, followUpWait).pipe(
+                Effect.catchAll((error) =>
+                  Effect.as(Effect.logDebug("Receiving more messages failed; handling those received", error), [])
+                )
+              )
+            const items = yield* Effect.forEach([...first, ...more], (delivery) => inbound(scope, delivery))
+            return { items, done: Scope.close(scope, Exit.void) }
+          }).pipe(
+            // Interrupted or failed before the batch is handed over: its deliveries are abandoned.
+            Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void))
+          ))
+    }
+  })
 
 export const memory: TransportImpl<MessageReceiver.MessageReceiver | MessageSender.MessageSender> = {
   mode: "idempotent",
@@ -149,16 +251,18 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
       const sender = yield* MessageSender.makeServiceBus().pipe(
         Effect.provideService(ServiceBusClient.ServiceBusClient, client)
       )
+      if (open.lockRenewal !== false) {
+        // Renewals go through the entity's management link, which opens on its first request and
+        // is shared by the client's receivers of that entity: open it now, so that the first
+        // renewal does not pay for it while a lock runs out.
+        yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
+      }
       return yield* openPorts(receiver, sender, open)
     })
 })
 
 // ---------------------------------------------------------------------------------------------
 // Atomic
-
-const defaultRenewalFraction = 0.5
-const defaultMaxRenewal = 5 * 60_000
-const minRenewalIntervalMillis = 50
 
 interface Held {
   readonly session: ServiceBusTransaction.TransactionalSession
@@ -213,7 +317,8 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
         Effect.suspend(() => {
           if (held !== h) return Effect.void
           held = undefined
-          return closeBounded(h.scope)
+          // Closed in the background: the message that found the connection lost need not wait.
+          return Effect.asVoid(Effect.forkIn(closeBounded(h.scope), parent))
         })
       const onLost = (h: Held) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
         Effect.tapError(effect, (error) => isConnectionLost(error) ? invalidate(h) : Effect.void)
@@ -222,8 +327,9 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
         parent,
         Effect.suspend(() => held === undefined ? Effect.void : closeBounded(held.scope))
       )
-      // The first session is opened now, so that a wrong connection or entity fails the start.
-      yield* current
+      // The first session is opened now, so that a wrong connection or entity fails the start; a
+      // connection lost on the way is only transient, and tried again.
+      yield* retryTransient(current, client.retry as Schedule.Schedule<unknown, TransientError>)
 
       // Lock renewal goes through the management link of an SDK receiver: Service Bus renews by
       // lock token, whichever link received the message.
@@ -236,6 +342,14 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
             : client.sdk.createReceiver(open.source.topic, open.source.subscription, receiverOptions)
         }
         return sdkReceiver
+      }
+      if (open.lockRenewal !== false) {
+        // The management link opens on its first request: open it now, so that the first
+        // renewal does not pay for it while a lock runs out.
+        yield* Effect.forkIn(
+          Effect.ignore(Effect.tryPromise(() => renewer().peekMessages(1, { fromSequenceNumber: Long.ZERO }))),
+          parent
+        )
       }
       const renewLock = (message: ReceivedMessage): Effect.Effect<Date, SettleError> =>
         retryTransient(
@@ -257,42 +371,44 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
         )
 
       const renewals = yield* FiberMap.make<string>()
-      const renewalLoop = (message: ReceivedMessage, renewal: LockRenewalOptions) =>
-        Effect.gen(function*() {
-          if (message.lockedUntil === undefined) return
-          const fraction = Math.min(0.95, Math.max(0.05, renewal.fraction ?? defaultRenewalFraction))
-          const maxDuration = renewal.maxDuration === undefined
-            ? defaultMaxRenewal
-            : Duration.toMillis(renewal.maxDuration)
-          const start = yield* Clock.currentTimeMillis
-          let lockedUntil = message.lockedUntil.getTime()
-          while (true) {
-            const now = yield* Clock.currentTimeMillis
-            const wait = Math.max(minRenewalIntervalMillis, (lockedUntil - now) * fraction)
-            if (now + wait - start > maxDuration) return
-            yield* Effect.sleep(wait)
-            lockedUntil = (yield* renewLock(message)).getTime()
-          }
-        }).pipe(
-          Effect.catchAllCause((cause) => Effect.logDebug("Lock renewal stopped", cause)),
-          Effect.annotateLogs({ entity, messageId: message.messageId ?? "" })
-        )
-
       const stopRenewal = (message: ReceivedMessage) =>
         message.lockToken === undefined ? Effect.void : FiberMap.remove(renewals, message.lockToken)
+
+      // A message can only be settled on the link that received it: once that link's connection
+      // is known to be lost, settling it would only wait for an answer that never comes. Its lock
+      // runs out and it is delivered again.
+      const onSession = <A, E>(h: Held, message: ReceivedMessage, operation: string, effect: Effect.Effect<A, E>) =>
+        Effect.suspend((): Effect.Effect<A, E | MessageLockLost> =>
+          held === h
+            ? onLost(h)(effect)
+            : Effect.fail(
+              new MessageLockLost({
+                operation,
+                entity,
+                ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
+                ...(message.lockToken === undefined ? {} : { lockToken: message.lockToken }),
+                reason: "the connection it was received on was lost"
+              })
+            )
+        ).pipe(Effect.ensuring(stopRenewal(message)))
 
       const inbound = (h: Held, message: ReceivedMessage): Inbound => ({
         message,
         commit: (settlement, sends) =>
-          ServiceBusTransaction.run(h.session, (tx) =>
-            Effect.gen(function*() {
-              // Sends first: a send refused at enlistment (too large, too many) leaves the
-              // message unsettled, so that it can still be abandoned or dead-lettered.
-              for (const [destination, messages] of groupSends(sends)) yield* tx.send(destination, messages)
-              yield* tx.settle(message, settlement)
-            })).pipe(onLost(h), Effect.ensuring(stopRenewal(message))),
+          onSession(
+            h,
+            message,
+            "commit",
+            ServiceBusTransaction.run(h.session, (tx) =>
+              Effect.gen(function*() {
+                // Sends first: a send refused at enlistment (too large, too many) leaves the
+                // message unsettled, so that it can still be abandoned or dead-lettered.
+                for (const [destination, messages] of groupSends(sends)) yield* tx.send(destination, messages)
+                yield* tx.settle(message, settlement)
+              }))
+          ),
         settle: (settlement) =>
-          h.session.settle(message, settlement).pipe(onLost(h), Effect.ensuring(stopRenewal(message))),
+          onSession(h, message, settlement._tag.toLowerCase(), h.session.settle(message, settlement)),
         release: stopRenewal(message)
       })
 
@@ -307,7 +423,7 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
                   yield* FiberMap.run(
                     renewals,
                     message.lockToken,
-                    Effect.interruptible(renewalLoop(message, open.lockRenewal ?? {}))
+                    Effect.interruptible(renewalLoop(message, renewLock(message), open.lockRenewal ?? {}))
                   )
                 }
               }

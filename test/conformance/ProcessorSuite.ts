@@ -3,7 +3,7 @@
 // Progress is observed through the processor's counts (`awaitStats`), never by sleeping.
 import { assert, describe, it } from "@effect/vitest"
 import type { Context, Duration, Scope } from "effect"
-import { Effect, Either, Layer, Ref, Schema } from "effect"
+import { Deferred, Effect, Either, Layer, Ref, Schema } from "effect"
 import * as Aggregate from "../../src/Aggregate.js"
 import * as Decider from "../../src/Decider.js"
 import * as EventCodec from "../../src/EventCodec.js"
@@ -394,6 +394,52 @@ export const processorSuite = (name: string, makeEnv: MakeEnv): void => {
             document._tag === "Some" ? document.value.state : undefined,
             { count: 4, amount: 40 }
           )
+        })
+    )
+
+    test(
+      "locks are renewed while a handler runs for several lock durations",
+      queues({ lockDuration: "1 second" }),
+      (env) =>
+        Effect.gen(function*() {
+          const runs = yield* Ref.make<Array<number>>([])
+          const started = yield* Deferred.make<void>()
+          yield* seed("in", [input(1)])
+          const processor = yield* MessageProcessor.run({
+            source: MessageReceiver.queue("in"),
+            transport: env.transport,
+            receiveWait: "1 second",
+            concurrency: 2,
+            handlers: {
+              OrderPlaced: MessageProcessor.handler(Order, (order, context) =>
+                Effect.gen(function*() {
+                  yield* Ref.update(runs, (all) => [...all, context.deliveryCount])
+                  yield* Deferred.succeed(started, undefined)
+                  // The handler's work: three lock durations.
+                  yield* Effect.sleep("3 seconds")
+                  yield* context.send("out", { body: order })
+                }))
+            }
+          })
+          yield* within(Deferred.await(started), "the handler to start")
+          // A competing receiver, waiting through the lock durations the handler runs over:
+          // a lock that lapsed would hand it the message.
+          const receiver = yield* MessageReceiver.MessageReceiver
+          const stolen = yield* receiver.receive(MessageReceiver.queue("in"), {
+            maxMessages: 1,
+            maxWaitTime: "2500 millis",
+            lockRenewal: false
+          })
+          assert.deepStrictEqual(stolen.map((delivery) => delivery.message.messageId), [])
+          const stats = yield* within(processor.awaitStats((s) => s.completed >= 1), "a completion")
+          assert.deepStrictEqual(yield* Ref.get(runs), [1])
+          assert.strictEqual(stats.completed, 1)
+          assert.strictEqual(stats.abandoned, 0)
+          assert.strictEqual(stats.commitFailures, 0)
+          assert.strictEqual(stats.deadLettered, 0)
+          assert.deepStrictEqual(ids(yield* peekAll("out")), [idFromMessage("in-1", 0)])
+          assert.deepStrictEqual(ids(yield* peekAll("in")), [])
+          assert.deepStrictEqual(ids(yield* peekAll("in", true)), [])
         })
     )
 
