@@ -12,6 +12,8 @@
  * `makeApp` starts everything for the lifetime of a scope and stops it in reverse order when the
  * scope closes: the HTTP server first, then the processors (waiting for messages in flight),
  * the outbox, and last the embedded Azurite and Service Bus emulator when they were started.
+ * Each part can also run on its own, in a process of its own (`makeStores`, `makeOutbox`,
+ * `makeApi`, `makeBookingProcessor`, `makeNotificationProcessor`), as the chaos run does.
  */
 import type { HttpServerError } from "@effect/platform"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
@@ -37,6 +39,37 @@ import * as Stats from "./stats.js"
 export interface AppOptions {
   /** The HTTP port on 127.0.0.1; 0 (the default) picks a free one. */
   readonly port?: number
+  /** How the processors commit: `atomic` (the default) or `idempotent`; see {@link ProcessorOptions}. */
+  readonly mode?: MessageProcessor.Transport<never>["mode"]
+}
+
+/** What a handler's write did, as the {@link Hooks} see it. */
+export type HandlerEffect =
+  | {
+    /** The booking processor applied an event to its booking's summary. */
+    readonly _tag: "EventApplied"
+    readonly messageId: string
+    readonly streamId: string
+    readonly version: number
+    readonly type: string
+  }
+  | {
+    /** The notification processor sent a notification and recorded it. */
+    readonly _tag: "NotificationRecorded"
+    readonly messageId: string
+    readonly bookingId: string
+    readonly kind: Domain.NotificationKind
+  }
+
+/**
+ * Hooks into the processors' handlers, for tests and fault injection (the chaos run slows
+ * handlers down and keeps a trace of every effect); none by default.
+ */
+export interface Hooks {
+  /** Runs first in every handler attempt; its time counts against the message's lock. */
+  readonly beforeHandle?: (context: MessageProcessor.MessageContext) => Effect.Effect<void>
+  /** Runs after a handler's write took effect, within the same attempt. */
+  readonly onEffect?: (effect: HandlerEffect) => Effect.Effect<void>
 }
 
 export interface App {
@@ -120,7 +153,7 @@ const makeStreamLocks = () => {
     )
 }
 
-const bookingHandlers = (stats: Stats.Stats) => {
+const bookingHandlers = (stats: Stats.Stats, hooks: Hooks) => {
   const inStreamOrder = makeStreamLocks()
   return Record.map(
     MessageProcessor.projectionHandler(Domain.summaries, Domain.bookingEvents),
@@ -130,9 +163,19 @@ const bookingHandlers = (stats: Stats.Stats) => {
         const streamId = context.message.applicationProperties?.[Outbox.propertyNames.streamId]
         const version = context.message.applicationProperties?.[Outbox.propertyNames.version]
         const handle = Effect.gen(function*() {
+          if (hooks.beforeHandle !== undefined) yield* hooks.beforeHandle(context)
           const result = yield* project.handle(body, context)
           if (isUpdated(result) && typeof streamId === "string") {
             yield* stats.projected({ streamId, version: Number(version) }, result.documentId)
+            if (hooks.onEffect !== undefined) {
+              yield* hooks.onEffect({
+                _tag: "EventApplied",
+                messageId: context.messageId,
+                streamId,
+                version: Number(version),
+                type
+              })
+            }
           }
           // Sent again when the event was already projected (a redelivery after a failed
           // commit): the notification must go out with the completion, and its id, derived from
@@ -155,10 +198,11 @@ const bookingHandlers = (stats: Stats.Stats) => {
 
 const encodeSent = Schema.encodeSync(Domain.SentNotification)
 
-const notificationHandlers = (stats: Stats.Stats) => ({
+const notificationHandlers = (stats: Stats.Stats, hooks: Hooks) => ({
   SendNotification: MessageProcessor.handler(
     Domain.SendNotification,
     Effect.fn("OrderBooking.sendNotification")(function*(command, context) {
+      if (hooks.beforeHandle !== undefined) yield* hooks.beforeHandle(context)
       // A real app would call an email or SMS service here, with the message id as its
       // idempotency key. The record below is the handler's one write.
       yield* Effect.annotateCurrentSpan({ bookingId: command.bookingId, kind: command.kind })
@@ -186,6 +230,14 @@ const notificationHandlers = (stats: Stats.Stats) => ({
       if (recorded) {
         yield* stats.notificationRecorded
         yield* Effect.logDebug(`Notification ${command.kind} for booking ${command.bookingId} sent`)
+        if (hooks.onEffect !== undefined) {
+          yield* hooks.onEffect({
+            _tag: "NotificationRecorded",
+            messageId: context.messageId,
+            bookingId: command.bookingId,
+            kind: command.kind
+          })
+        }
       }
     })
   )
@@ -353,7 +405,7 @@ const routes = (stats: Stats.Stats, appStats: Effect.Effect<AppStats>) =>
   )
 
 // ---------------------------------------------------------------------------------------------
-// The app
+// The parts, each for the lifetime of a scope
 // ---------------------------------------------------------------------------------------------
 
 const processorStats = (stats: MessageProcessor.Stats): typeof ProcessorStats.Type => ({
@@ -364,44 +416,142 @@ const processorStats = (stats: MessageProcessor.Stats): typeof ProcessorStats.Ty
   retries: stats.retries
 })
 
-export const makeApp = (options: AppOptions = {}) =>
-  Effect.gen(function*() {
-    const infrastructure = yield* Infrastructure.make()
-    const tableNames = yield* tables
-    const stats = Stats.make()
+const noProcessorStats: typeof ProcessorStats.Type = {
+  received: 0,
+  completed: 0,
+  abandoned: 0,
+  deadLettered: 0,
+  retries: 0
+}
 
-    const Stores = Layer.merge(
-      AzureTableEventStore.layer({ ...infrastructure.storage, tableName: tableNames.events }),
-      AzureTableProjectionStore.layer({ ...infrastructure.storage, tableName: tableNames.projections })
-    )
-    const Sender = MessageSender.layerServiceBus().pipe(
-      Layer.provide(ServiceBusClient.layer(infrastructure.serviceBus))
+/** The store layers' settings beyond where the tables are: retries, timeouts, the pending index. */
+export interface StoreOptions {
+  readonly eventStore?: AzureTableEventStore.StoreOptions
+  readonly projectionStore?: AzureTableProjectionStore.StoreOptions
+}
+
+/**
+ * The event store (with the outbox's store) and the projection store, on the tables named by
+ * `EVENT_STORE_TABLE` and `PROJECTION_TABLE` (created when missing).
+ */
+export const makeStores = (infrastructure: Infrastructure.Infrastructure, options: StoreOptions = {}) =>
+  Effect.gen(function*() {
+    const tableNames = yield* tables
+    const context = yield* Layer.build(Layer.merge(
+      AzureTableEventStore.layer({ ...options.eventStore, ...infrastructure.storage, tableName: tableNames.events }),
+      AzureTableProjectionStore.layer({
+        ...options.projectionStore,
+        ...infrastructure.storage,
+        tableName: tableNames.projections
+      })
+    ))
+    return { context, tableNames }
+  })
+
+/** The outbox's settings beyond its route: batch size, concurrency, sweep, grace period, retry. */
+export type OutboxOptions = Omit<Outbox.Options, "route">
+
+/**
+ * The outbox pump, publishing every booking event to the `booking-events` topic, for the
+ * lifetime of the scope.
+ */
+export const makeOutbox = (infrastructure: Infrastructure.Infrastructure, options: OutboxOptions = {}) =>
+  Effect.gen(function*() {
+    const sender = yield* Layer.build(
+      MessageSender.layerServiceBus().pipe(Layer.provide(ServiceBusClient.layer(infrastructure.serviceBus)))
     )
     // Each dispatch is a few round trips (read, send, record the position), mostly waiting:
     // more streams at once keep up with a busier API than the default 8.
-    const OutboxLive = Outbox.layer({
-      route: Outbox.byCategory({ booking: Entities.bookingEvents }),
-      concurrency: 32
-    }).pipe(
-      Layer.provide(Sender)
-    )
-    const services = yield* Layer.build(OutboxLive.pipe(Layer.provideMerge(Stores)))
-
-    const transport = MessageProcessor.atomic({ connection: infrastructure.connection })
-    const bookingProcessor = yield* MessageProcessor.run({
-      source: MessageReceiver.subscription(Entities.bookingEvents, Entities.bookingProcessor),
-      transport,
-      handlers: bookingHandlers(stats),
-      retry: bookingRetry,
+    return yield* Outbox.make({
       concurrency: 32,
-      destinations: [Entities.notifications]
-    }).pipe(Effect.provide(services))
-    const notificationProcessor = yield* MessageProcessor.run({
-      source: MessageReceiver.queue(Entities.notifications),
-      transport,
-      handlers: notificationHandlers(stats),
-      concurrency: 16
-    }).pipe(Effect.provide(services))
+      ...options,
+      route: Outbox.byCategory({ booking: Entities.bookingEvents })
+    }).pipe(Effect.provide(sender))
+  })
+
+export interface ProcessorOptions {
+  /**
+   * `atomic` (the default) completes a message and sends its outgoing messages in one Service Bus
+   * transaction; `idempotent` sends them first, with ids derived from the received message, then
+   * completes it (for namespaces without transactions).
+   */
+  readonly mode?: MessageProcessor.Transport<never>["mode"]
+  readonly stats?: Stats.Stats
+  readonly hooks?: Hooks
+}
+
+const transportOf = (infrastructure: Infrastructure.Infrastructure, options: ProcessorOptions) =>
+  options.mode === "idempotent"
+    ? MessageProcessor.idempotent({ connection: infrastructure.connection })
+    : MessageProcessor.atomic({ connection: infrastructure.connection })
+
+/**
+ * The booking processor, on the `booking-processor` subscription: the summary of each booking,
+ * and a `SendNotification` command for each confirmation and cancellation.
+ */
+export const makeBookingProcessor = (infrastructure: Infrastructure.Infrastructure, options: ProcessorOptions = {}) =>
+  MessageProcessor.run({
+    source: MessageReceiver.subscription(Entities.bookingEvents, Entities.bookingProcessor),
+    transport: transportOf(infrastructure, options),
+    handlers: bookingHandlers(options.stats ?? Stats.make(), options.hooks ?? {}),
+    retry: bookingRetry,
+    concurrency: 32,
+    destinations: [Entities.notifications]
+  })
+
+/** The notification processor, on the `notifications` queue: one record per notification sent. */
+export const makeNotificationProcessor = (
+  infrastructure: Infrastructure.Infrastructure,
+  options: ProcessorOptions = {}
+) =>
+  MessageProcessor.run({
+    source: MessageReceiver.queue(Entities.notifications),
+    transport: transportOf(infrastructure, options),
+    handlers: notificationHandlers(options.stats ?? Stats.make(), options.hooks ?? {}),
+    concurrency: 16
+  })
+
+export interface ApiOptions {
+  /** The HTTP port on 127.0.0.1; 0 (the default) picks a free one. */
+  readonly port?: number
+  readonly stats?: Stats.Stats
+  /** What `GET /stats` answers; this process's command counts, and no processor, by default. */
+  readonly appStats?: Effect.Effect<AppStats>
+}
+
+/** The HTTP API on 127.0.0.1, served for the lifetime of the scope. */
+export const makeApi = (options: ApiOptions = {}) =>
+  Effect.gen(function*() {
+    const stats = options.stats ?? Stats.make()
+    const appStats = options.appStats ?? Effect.map(stats.snapshot, (snapshot) => ({
+      ...snapshot,
+      bookingProcessor: noProcessorStats,
+      notificationProcessor: noProcessorStats
+    }))
+    const server = yield* NodeHttpServer.make(() => createServer(), { host: "127.0.0.1", port: options.port ?? 0 })
+    yield* server.serve(routes(stats, appStats)).pipe(Effect.annotateLogs("component", "http"))
+    const port = server.address._tag === "TcpAddress" ? server.address.port : 0
+    return { url: `http://127.0.0.1:${port}`, port }
+  })
+
+// ---------------------------------------------------------------------------------------------
+// The app
+// ---------------------------------------------------------------------------------------------
+
+export const makeApp = (options: AppOptions = {}) =>
+  Effect.gen(function*() {
+    const infrastructure = yield* Infrastructure.make()
+    const stats = Stats.make()
+    const { context: services, tableNames } = yield* makeStores(infrastructure)
+    yield* makeOutbox(infrastructure).pipe(Effect.provide(services))
+
+    const processorOptions: ProcessorOptions = { stats, ...(options.mode === undefined ? {} : { mode: options.mode }) }
+    const bookingProcessor = yield* makeBookingProcessor(infrastructure, processorOptions).pipe(
+      Effect.provide(services)
+    )
+    const notificationProcessor = yield* makeNotificationProcessor(infrastructure, processorOptions).pipe(
+      Effect.provide(services)
+    )
 
     const appStats: Effect.Effect<AppStats> = Effect.all({
       snapshot: stats.snapshot,
@@ -413,14 +563,9 @@ export const makeApp = (options: AppOptions = {}) =>
       notificationProcessor: processorStats(notification)
     })))
 
-    const server = yield* NodeHttpServer.make(() => createServer(), { host: "127.0.0.1", port: options.port ?? 0 })
-    yield* server.serve(routes(stats, appStats)).pipe(
-      Effect.provide(services),
-      Effect.annotateLogs("component", "http")
-    )
-    const port = server.address._tag === "TcpAddress" ? server.address.port : 0
+    const { port, url } = yield* makeApi({ port: options.port ?? 0, stats, appStats }).pipe(Effect.provide(services))
     const app: App = {
-      url: `http://127.0.0.1:${port}`,
+      url,
       port,
       description: [
         ...infrastructure.description,

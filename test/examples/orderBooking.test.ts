@@ -10,14 +10,15 @@ const azurite = inject("azurite")
 
 // The app's configuration: the shared Azurite with tables of its own; no Service Bus settings,
 // so the app starts the emulator in process.
-const suffix = Math.random().toString(36).slice(2, 8)
-const config = ConfigProvider.fromMap(
-  new Map([
-    ["AZURE_STORAGE_CONNECTION_STRING", azurite.connectionString],
-    ["EVENT_STORE_TABLE", `obevents${suffix}`],
-    ["PROJECTION_TABLE", `obprojections${suffix}`]
-  ])
-)
+const runSuffix = Math.random().toString(36).slice(2, 8)
+const configOf = (suffix: string) =>
+  ConfigProvider.fromMap(
+    new Map([
+      ["AZURE_STORAGE_CONNECTION_STRING", azurite.connectionString],
+      ["EVENT_STORE_TABLE", `obevents${suffix}`],
+      ["PROJECTION_TABLE", `obprojections${suffix}`]
+    ])
+  )
 
 const Response = Schema.Struct({ status: Schema.Number, body: Schema.Unknown })
 
@@ -67,80 +68,88 @@ const booking = (bookingId: string) => ({
 })
 
 describe("order-booking example", () => {
-  it.scopedLive(
-    "commands through the HTTP API reach the summaries and the notification records",
-    () =>
-      Effect.gen(function*() {
-        const app = yield* makeApp({ port: 0 }).pipe(Effect.withConfigProvider(config))
-        const post = (path: string, body: unknown = {}) => request("POST", `${app.url}${path}`, body)
-        const get = (path: string) => request("GET", `${app.url}${path}`)
-        const [confirmed, cancelled, both] = ["a", "b", "c"].map((id) => `${suffix}-${id}`) as [string, string, string]
+  for (const mode of ["atomic", "idempotent"] as const) {
+    it.scopedLive(
+      `commands through the HTTP API reach the summaries and the notification records (${mode} mode)`,
+      () =>
+        Effect.gen(function*() {
+          const suffix = `${runSuffix}${mode.slice(0, 1)}`
+          const app = yield* makeApp({ port: 0, mode }).pipe(Effect.withConfigProvider(configOf(suffix)))
+          const post = (path: string, body: unknown = {}) => request("POST", `${app.url}${path}`, body)
+          const get = (path: string) => request("GET", `${app.url}${path}`)
+          const [confirmed, cancelled, both] = ["a", "b", "c"].map((id) => `${suffix}-${id}`) as [
+            string,
+            string,
+            string
+          ]
 
-        for (const id of [confirmed, cancelled, both]) {
-          const placed = yield* post("/bookings", booking(id))
-          assert.strictEqual(placed.status, 201)
-          // BookingPlaced and one GuestAdded.
-          assert.strictEqual(Schema.decodeUnknownSync(Command)(placed.body).version, 2)
-        }
-        assert.strictEqual((yield* post(`/bookings/${confirmed}/confirm`)).status, 200)
-        assert.strictEqual((yield* post(`/bookings/${cancelled}/cancel`, { reason: "flight cancelled" })).status, 200)
-        assert.strictEqual((yield* post(`/bookings/${both}/confirm`)).status, 200)
-        const last = yield* post(`/bookings/${both}/cancel`, {})
-        assert.deepStrictEqual(Schema.decodeUnknownSync(Command)(last.body), {
-          bookingId: both,
-          version: 4,
-          status: "Cancelled"
-        })
+          for (const id of [confirmed, cancelled, both]) {
+            const placed = yield* post("/bookings", booking(id))
+            assert.strictEqual(placed.status, 201)
+            // BookingPlaced and one GuestAdded.
+            assert.strictEqual(Schema.decodeUnknownSync(Command)(placed.body).version, 2)
+          }
+          assert.strictEqual((yield* post(`/bookings/${confirmed}/confirm`)).status, 200)
+          assert.strictEqual((yield* post(`/bookings/${cancelled}/cancel`, { reason: "flight cancelled" })).status, 200)
+          assert.strictEqual((yield* post(`/bookings/${both}/confirm`)).status, 200)
+          const last = yield* post(`/bookings/${both}/cancel`, {})
+          assert.deepStrictEqual(Schema.decodeUnknownSync(Command)(last.body), {
+            bookingId: both,
+            version: 4,
+            status: "Cancelled"
+          })
 
-        // Refusals: typed domain errors become 404, 409 and 422; nothing is recorded.
-        assert.strictEqual((yield* post(`/bookings/${cancelled}/confirm`)).status, 409)
-        assert.strictEqual((yield* post(`/bookings/${suffix}-none/confirm`)).status, 404)
-        assert.strictEqual(
-          (yield* post("/bookings", { ...booking(`${suffix}-d`), guests: ["A", "B", "C"] })).status,
-          422
-        )
-        assert.strictEqual((yield* post("/bookings", { roomId: "1" })).status, 400)
-
-        const summaryOf = (id: string) => Effect.map(get(`/bookings/${id}`), (response) => response.body)
-        const expected = [
-          { id: confirmed, status: "Confirmed", version: 3, kinds: ["BookingConfirmed"] },
-          { id: cancelled, status: "Cancelled", version: 3, kinds: ["BookingCancelled"] },
-          { id: both, status: "Cancelled", version: 4, kinds: ["BookingConfirmed", "BookingCancelled"] }
-        ]
-        for (const { id, kinds, status, version } of expected) {
-          const summary = yield* eventually(
-            `the summary of ${id} at version ${version}`,
-            Effect.map(summaryOf(id), Schema.decodeUnknownOption(Summary)),
-            (value) => value._tag === "Some" && value.value.version === version
+          // Refusals: typed domain errors become 404, 409 and 422; nothing is recorded.
+          assert.strictEqual((yield* post(`/bookings/${cancelled}/confirm`)).status, 409)
+          assert.strictEqual((yield* post(`/bookings/${suffix}-none/confirm`)).status, 404)
+          assert.strictEqual(
+            (yield* post("/bookings", { ...booking(`${suffix}-d`), guests: ["A", "B", "C"] })).status,
+            422
           )
-          assert.strictEqual(summary._tag === "Some" && summary.value.status, status)
-          assert.deepStrictEqual(summary._tag === "Some" && summary.value.guests, ["Ada Lovelace"])
-          const recorded = yield* eventually(
-            `the notifications of ${id}`,
-            Effect.map(get(`/bookings/${id}/notifications`), (response) =>
-              Schema.decodeUnknownSync(Notifications)(response.body)),
-            (value) =>
-              value.notifications.length === kinds.length
-          )
-          assert.deepStrictEqual(recorded.notifications.map((notification) => notification.kind), kinds)
-        }
-        const cancelledSummary = Schema.decodeUnknownSync(Summary)(yield* summaryOf(cancelled))
-        assert.strictEqual(cancelledSummary.cancelReason, "flight cancelled")
-        assert.strictEqual((yield* get(`/bookings/${suffix}-none`)).status, 404)
+          assert.strictEqual((yield* post("/bookings", { roomId: "1" })).status, 400)
 
-        // Every message committed, none dead-lettered; a notification per change, no duplicate.
-        const stats = yield* eventually(
-          "the notification processor to commit",
-          app.stats,
-          (value) => value.notificationProcessor.completed >= 4 && value.bookingProcessor.completed >= value.events
-        )
-        assert.strictEqual(stats.events, 10)
-        assert.strictEqual(stats.notificationsRecorded, 4)
-        assert.strictEqual(stats.bookingProcessor.deadLettered + stats.notificationProcessor.deadLettered, 0)
-        assert.strictEqual(stats.latency.count, 7)
-      }),
-    { timeout: 60_000 }
-  )
+          const summaryOf = (id: string) => Effect.map(get(`/bookings/${id}`), (response) => response.body)
+          const expected = [
+            { id: confirmed, status: "Confirmed", version: 3, kinds: ["BookingConfirmed"] },
+            { id: cancelled, status: "Cancelled", version: 3, kinds: ["BookingCancelled"] },
+            { id: both, status: "Cancelled", version: 4, kinds: ["BookingConfirmed", "BookingCancelled"] }
+          ]
+          for (const { id, kinds, status, version } of expected) {
+            const summary = yield* eventually(
+              `the summary of ${id} at version ${version}`,
+              Effect.map(summaryOf(id), Schema.decodeUnknownOption(Summary)),
+              (value) => value._tag === "Some" && value.value.version === version
+            )
+            assert.strictEqual(summary._tag === "Some" && summary.value.status, status)
+            assert.deepStrictEqual(summary._tag === "Some" && summary.value.guests, ["Ada Lovelace"])
+            const recorded = yield* eventually(
+              `the notifications of ${id}`,
+              Effect.map(
+                get(`/bookings/${id}/notifications`),
+                (response) => Schema.decodeUnknownSync(Notifications)(response.body)
+              ),
+              (value) => value.notifications.length === kinds.length
+            )
+            assert.deepStrictEqual(recorded.notifications.map((notification) => notification.kind), kinds)
+          }
+          const cancelledSummary = Schema.decodeUnknownSync(Summary)(yield* summaryOf(cancelled))
+          assert.strictEqual(cancelledSummary.cancelReason, "flight cancelled")
+          assert.strictEqual((yield* get(`/bookings/${suffix}-none`)).status, 404)
+
+          // Every message committed, none dead-lettered; a notification per change, no duplicate.
+          const stats = yield* eventually(
+            "the notification processor to commit",
+            app.stats,
+            (value) => value.notificationProcessor.completed >= 4 && value.bookingProcessor.completed >= value.events
+          )
+          assert.strictEqual(stats.events, 10)
+          assert.strictEqual(stats.notificationsRecorded, 4)
+          assert.strictEqual(stats.bookingProcessor.deadLettered + stats.notificationProcessor.deadLettered, 0)
+          assert.strictEqual(stats.latency.count, 7)
+        }),
+      { timeout: 60_000 }
+    )
+  }
 
   // The README's way: no Azure settings, so Azurite and the emulator start in the child.
   const exampleEnv = () => {

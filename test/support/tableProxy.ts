@@ -24,6 +24,9 @@ export type Fault =
 
 export type Matcher = (request: IncomingMessage) => boolean
 
+/** Picks a fault for a request, or none. */
+export type Chooser = (request: IncomingMessage) => Fault | undefined
+
 export const serverBusy = { kind: "status", status: 503, code: "ServerBusy" } as const satisfies Fault
 
 export const isBatch: Matcher = (request) => request.method === "POST" && (request.url ?? "").includes("$batch")
@@ -41,24 +44,35 @@ export interface TableProxy {
   readonly log: Array<string>
   /** The faults injected so far, as "METHOD fault". */
   readonly faults: Array<string>
+  /**
+   * Decides a fault for each request that no queued fault matches (a chaos run's random faults);
+   * `undefined` turns it off.
+   */
+  readonly setChooser: (chooser: Chooser | undefined) => void
+}
+
+export interface ProxyOptions {
+  /** Keep every request in `log` (true by default; long runs turn it off). */
+  readonly log?: boolean
 }
 
 const errorBody = (code: string) =>
   JSON.stringify({ "odata.error": { code, message: { lang: "en-US", value: `Injected ${code}.` } } })
 
 /** A proxy to `tableEndpoint` (Azurite's), on 127.0.0.1, closed with the scope. */
-export const startProxy = (tableEndpoint: string) =>
+export const startProxy = (tableEndpoint: string, options: ProxyOptions = {}) =>
   Effect.acquireRelease(
     Effect.async<TableProxy & { readonly close: () => void }>((resume) => {
       const target = new URL(tableEndpoint)
       const queued: Array<{ readonly matcher: Matcher; readonly fault: Fault }> = []
       const log: Array<string> = []
       const faults: Array<string> = []
+      let chooser: Chooser | undefined
 
       const server = createServer((request, response) => {
         const index = queued.findIndex(({ matcher }) => matcher(request))
-        const fault = index === -1 ? undefined : queued.splice(index, 1)[0].fault
-        log.push(`${request.method} ${fault?.kind ?? "ok"}`)
+        const fault = index === -1 ? chooser?.(request) : queued.splice(index, 1)[0].fault
+        if (options.log !== false) log.push(`${request.method} ${fault?.kind ?? "ok"}`)
         if (fault !== undefined) faults.push(`${request.method} ${fault.kind}`)
         const answerError = (status: number, code: string) => {
           response.writeHead(status, {
@@ -103,6 +117,9 @@ export const startProxy = (tableEndpoint: string) =>
           },
           log,
           faults,
+          setChooser: (next) => {
+            chooser = next
+          },
           close: () => {
             server.closeAllConnections()
             server.close()
