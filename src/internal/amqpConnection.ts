@@ -17,7 +17,7 @@ import type { AccessToken, TokenCredential } from "@azure/identity"
 import type { Scope } from "effect"
 import { Deferred, Duration, Effect, Either, Redacted } from "effect"
 import type { Connection as RheaConnection, EventContext, Session } from "rhea"
-import { ConnectionLost, ServiceBusFailure } from "../ServiceBusError.js"
+import { ConnectionLost, OperationTimeout, ServiceBusFailure } from "../ServiceBusError.js"
 import type { ServiceError } from "../ServiceBusError.js"
 import { coalesceWrites } from "./amqp/coalesceWrites.js"
 import { closeWithin } from "./closeWithin.js"
@@ -287,11 +287,26 @@ export const make = (
       })
     )
     const lost = Deferred.await(lostSignal)
+    // Dropped between the open and the listeners above: nothing would tell otherwise.
+    if (!connection.is_open()) onLost("the connection dropped while it opened")
 
-    yield* Effect.tryPromise({
-      try: (signal) => context.cbsSession.init({ abortSignal: signal, timeoutInMs }),
-      catch: serviceError("connect")
-    })
+    // The claims-based security link and the claims go over this connection: a drop must fail
+    // them at once (the caller starts again on a new connection), not after the timeout.
+    const whileConnected = <A, E>(effect: Effect.Effect<A, E>, operation: string, entityPath?: string) =>
+      guarded(effect, lost, settings.operationTimeout, () =>
+        new OperationTimeout({
+          operation,
+          ...(entityPath === undefined ? {} : { entity: entityPath }),
+          reason: `no answer within ${Duration.format(settings.operationTimeout)}`
+        }))
+
+    yield* whileConnected(
+      Effect.tryPromise({
+        try: (signal) => context.cbsSession.init({ abortSignal: signal, timeoutInMs }),
+        catch: serviceError("connect")
+      }),
+      "connect"
+    )
 
     const putToken = (entityPath: string) =>
       Effect.gen(function*() {
@@ -301,14 +316,18 @@ export const make = (
           catch: (error) => failure(`the credential gave no token: ${redact(String(error))}`)
         })
         if (token === null) return yield* failure("the credential gave no token")
-        yield* Effect.tryPromise({
-          try: (signal) =>
-            context.cbsSession.negotiateClaim(audience, token.token, credentials.tokenType, {
-              abortSignal: signal,
-              timeoutInMs
-            }),
-          catch: serviceError("authorize", entityPath)
-        })
+        yield* whileConnected(
+          Effect.tryPromise({
+            try: (signal) =>
+              context.cbsSession.negotiateClaim(audience, token.token, credentials.tokenType, {
+                abortSignal: signal,
+                timeoutInMs
+              }),
+            catch: serviceError("authorize", entityPath)
+          }),
+          "authorize",
+          entityPath
+        )
         // core-amqp's SAS tokens give their expiry in seconds, credentials in milliseconds; a
         // shared access signature from the connection string gives 0 (it cannot be renewed).
         const expires = token.expiresOnTimestamp
