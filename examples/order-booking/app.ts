@@ -156,7 +156,7 @@ const makeStreamLocks = () => {
 const bookingHandlers = (stats: Stats.Stats, hooks: Hooks) => {
   const inStreamOrder = makeStreamLocks()
   return Record.map(
-    MessageProcessor.projectionHandler(Domain.summaries, Domain.bookingEvents),
+    MessageProcessor.projectionHandler(Domain.summaries, Booking.events),
     (project, type): MessageProcessor.Handler<unknown, ProjectionStore> => ({
       decode: project.decode,
       handle: (body, context) => {

@@ -3,42 +3,11 @@
  * booking), the notification command the booking processor sends, and the record the
  * notification processor keeps of each notification it sent.
  */
-import { Effect, Either, Schema } from "effect"
-import type * as EventCodec from "../../src/EventCodec.js"
-import type { RecordedEvent } from "../../src/EventStore.js"
+import { Schema } from "effect"
 import * as Projection from "../../src/Projection.js"
 import * as Booking from "../booking/Booking.js"
 
 export const bookingIdOf = (streamId: string): string => streamId.slice("booking-".length)
-
-// ---------------------------------------------------------------------------------------------
-// Booking events as the projection sees them
-// ---------------------------------------------------------------------------------------------
-
-/**
- * A booking event with the booking it belongs to. Booking events do not repeat their booking's
- * id (the stream says it), and a projection routes an event to its document from the event
- * alone, so the codec below adds the id from the stream when it decodes.
- */
-export interface BookingEvent {
-  readonly _tag: Booking.Event["_tag"]
-  readonly bookingId: string
-  readonly event: Booking.Event
-}
-
-const withBooking = (recorded: RecordedEvent) => (event: Booking.Event): BookingEvent => ({
-  _tag: event._tag,
-  bookingId: bookingIdOf(recorded.streamId),
-  event
-})
-
-export const bookingEvents: EventCodec.EventCodec<BookingEvent> = {
-  types: Booking.events.types,
-  schemaVersionOf: Booking.events.schemaVersionOf,
-  encode: (event, options) => Booking.events.encode(event.event, options),
-  decode: (recorded) => Effect.map(Booking.events.decode(recorded), withBooking(recorded)),
-  decodeEither: (recorded) => Either.map(Booking.events.decodeEither(recorded), withBooking(recorded))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The summary projection: one document per booking
@@ -72,9 +41,10 @@ const noSummary: Summary = {
   cancelReason: null
 }
 
-// Follows the decider's evolve, so the summary shows what the aggregate decided.
-const evolveSummary = (summary: Summary, { bookingId, event }: BookingEvent): Summary => {
-  const state = { ...summary, bookingId }
+// Follows the decider's evolve, so the summary shows what the aggregate decided. Booking events do
+// not repeat their booking's id: the stream they come from says it.
+const evolveSummary = (summary: Summary, event: Booking.Event, position: Projection.Position): Summary => {
+  const state = { ...summary, bookingId: bookingIdOf(position.streamId) }
   switch (event._tag) {
     case "BookingPlaced":
       return {
@@ -108,7 +78,8 @@ export const summaries = Projection.make({
   name: "booking-summary",
   initialState: noSummary,
   evolve: evolveSummary,
-  documentId: (event: BookingEvent) => event.bookingId,
+  // One summary per booking stream.
+  documentId: (_event: Booking.Event, envelope: Projection.EventEnvelope) => bookingIdOf(envelope.streamId),
   state: Summary
 })
 

@@ -3,6 +3,7 @@
 import type { TableClient } from "@azure/data-tables"
 import { ServiceBusClient } from "@azure/service-bus"
 import { Effect, Option, Redacted } from "effect"
+import * as Booking from "../../examples/booking/Booking.js"
 import * as Domain from "../../examples/order-booking/domain.js"
 import * as Entities from "../../examples/order-booking/entities.js"
 import * as AzureTableEventStore from "../../src/AzureTableEventStore.js"
@@ -15,7 +16,7 @@ export const queuePath = Entities.notifications
 // The example's projection, given the position of each event (whether or not it uses it).
 const evolve: (
   state: Domain.Summary,
-  event: Domain.BookingEvent,
+  event: Booking.Event,
   position: { readonly streamId: string; readonly version: number }
 ) => Domain.Summary = Domain.summaries.evolve
 
@@ -188,7 +189,7 @@ export const check = async (options: CheckOptions): Promise<Findings> => {
     yield* Effect.forEach(progress, (stream) =>
       Effect.gen(function*() {
         const recorded = yield* store.read(stream.streamId)
-        const events = yield* Effect.forEach(recorded, Domain.bookingEvents.decode)
+        const events = yield* Effect.forEach(recorded, Booking.events.decode)
         const bookingId = Domain.bookingIdOf(stream.streamId)
         const folded = events.reduce(
           (state, event, index) =>
