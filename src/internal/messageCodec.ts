@@ -231,11 +231,51 @@ const envelopeLength = (first: RheaMessage): number => {
   return encodedLength(envelope)
 }
 
+// More than any string takes encoded: a str32 constructor and length, and UTF-8 of at most three
+// bytes per UTF-16 unit.
+const stringBound = (value: string | undefined): number => value === undefined ? 0 : 5 + 3 * value.length
+
+// Room for everything of fixed size: section descriptors and list headers, the content type,
+// the time to live with creation and expiry times, the scheduled time.
+const fixedBound = 256
+
+/**
+ * More bytes than the message takes in a batch, both in the batch's envelope (its annotations
+ * and application properties) and as an entry. Cheap: when the bounds of a whole send fit, so do
+ * the exact sizes, and they need not be computed.
+ */
+const upperBound = (encoded: Encoded): number => boundWith(encoded, encoded.body.length)
+
+/**
+ * Whether a message certainly fits a batch of `maxBytes` alone, before its body is written
+ * (bounded by three bytes per character of its JSON).
+ */
+export const fitsAlone = (checked: Checked, maxBytes: number): boolean => {
+  const json = JSON.stringify(checked.message.body === undefined ? null : checked.message.body) as string | undefined
+  return json !== undefined && boundWith(checked, 3 * json.length) <= maxBytes
+}
+
+const boundWith = (encoded: Checked, bodyBytes: number): number => {
+  const { message } = encoded
+  let properties = 0
+  for (const key in encoded.applicationProperties) {
+    const value = encoded.applicationProperties[key]
+    properties += stringBound(key) + (typeof value === "string" ? stringBound(value) : 9)
+  }
+  const fields = stringBound(message.messageId) + stringBound(message.subject) + stringBound(message.correlationId) +
+    stringBound(message.sessionId) + stringBound(message.partitionKey) + stringBound(jsonContentType)
+  // All but the body may be in the envelope as well as in the entry.
+  return bodyBytes + 8 + 2 * (fixedBound + fields + properties)
+}
+
 /** Splits encoded messages into batches that fit `maxBytes`, in order, the way the SDK fills its batches. */
 export const packBatches = (
   messages: ReadonlyArray<Encoded>,
   maxBytes: number
 ): { readonly batches: ReadonlyArray<ReadonlyArray<Encoded>>; readonly tooLarge: number | undefined } => {
+  let bound = 0
+  for (let index = 0; index < messages.length && bound <= maxBytes; index++) bound += upperBound(messages[index])
+  if (messages.length > 0 && bound <= maxBytes) return { batches: [messages], tooLarge: undefined }
   const batches: Array<Array<Encoded>> = []
   let current: Array<Encoded> = []
   let size = 0

@@ -41,7 +41,19 @@ interface Stored {
 interface SubQueue {
   readonly path: string
   readonly isDeadLetter: boolean
-  readonly messages: Map<bigint, Stored>
+  messages: Map<bigint, Stored>
+  /** Entries deleted since `messages` was last rebuilt. */
+  removed: number
+}
+
+// A `Map` keeps the slots of deleted entries until it is rebuilt, and iterating walks over them:
+// a queue consumed from its head would make every receive walk over everything consumed before.
+const remove = (queue: SubQueue, sequenceNumber: bigint) => {
+  if (!queue.messages.delete(sequenceNumber)) return
+  if (++queue.removed > 1024 && queue.removed > queue.messages.size) {
+    queue.messages = new Map(queue.messages)
+    queue.removed = 0
+  }
 }
 
 interface Receivable {
@@ -55,6 +67,12 @@ interface Receivable {
   nextSequence: bigint
   /** Incremented by every change a waiting receiver may care about. */
   version: number
+  /**
+   * No lock expires and no message expires before this time (it may be earlier than the first
+   * such moment, never later): until then a sweep has nothing to do and is skipped, so that an
+   * operation does not cost a walk over the whole entity.
+   */
+  sweepAfter: number
   readonly waiters: Set<() => void>
 }
 
@@ -86,10 +104,11 @@ const makeReceivable = (path: string, options: Omit<MemorySubscriptionOptions, "
   maxDeliveryCount: options.maxDeliveryCount ?? 10,
   defaultTimeToLive: millis(options.defaultMessageTimeToLive),
   deadLetteringOnMessageExpiration: options.deadLetteringOnMessageExpiration ?? false,
-  active: { path, isDeadLetter: false, messages: new Map() },
-  deadLetter: { path: `${path}/$DeadLetterQueue`, isDeadLetter: true, messages: new Map() },
+  active: { path, isDeadLetter: false, messages: new Map(), removed: 0 },
+  deadLetter: { path: `${path}/$DeadLetterQueue`, isDeadLetter: true, messages: new Map(), removed: 0 },
   nextSequence: 1n,
   version: 0,
+  sweepAfter: Number.POSITIVE_INFINITY,
   waiters: new Set()
 })
 
@@ -182,7 +201,7 @@ export const makeBroker = (options: MemoryOptions): Effect.Effect<MemoryBrokerSe
       reason: string,
       description: string | undefined
     ) => {
-      from.messages.delete(stored.sequenceNumber)
+      remove(from, stored.sequenceNumber)
       stored.lock = undefined
       stored.state = "active"
       stored.deadLetter = { reason, description }
@@ -208,7 +227,7 @@ export const makeBroker = (options: MemoryOptions): Effect.Effect<MemoryBrokerSe
           if (receivable.deadLetteringOnMessageExpiration) {
             moveToDeadLetter(receivable, queue, stored, "TTLExpiredException", "The message expired.")
           } else {
-            queue.messages.delete(stored.sequenceNumber)
+            remove(queue, stored.sequenceNumber)
             notify(receivable)
           }
         }
@@ -216,8 +235,20 @@ export const makeBroker = (options: MemoryOptions): Effect.Effect<MemoryBrokerSe
     }
 
     const sweepAll = (receivable: Receivable, now: number) => {
+      if (now < receivable.sweepAfter) return
       sweep(receivable, receivable.active, now)
       sweep(receivable, receivable.deadLetter, now)
+      let next = Number.POSITIVE_INFINITY
+      for (const queue of [receivable.active, receivable.deadLetter]) {
+        for (const stored of queue.messages.values()) {
+          if (stored.lock !== undefined && stored.lock.until < next) next = stored.lock.until
+          if (!queue.isDeadLetter && stored.expiresAt !== undefined && stored.expiresAt < next) next = stored.expiresAt
+        }
+      }
+      receivable.sweepAfter = next
+    }
+    const sweepBy = (receivable: Receivable, at: number) => {
+      if (at < receivable.sweepAfter) receivable.sweepAfter = at
     }
 
     const maxDeliveryDescription = (stored: Stored) =>
@@ -286,7 +317,7 @@ export const makeBroker = (options: MemoryOptions): Effect.Effect<MemoryBrokerSe
             Effect.sync(() => {
               switch (settlement._tag) {
                 case "Complete":
-                  queue.messages.delete(stored.sequenceNumber)
+                  remove(queue, stored.sequenceNumber)
                   return
                 case "Abandon":
                   mergeProperties(settlement.properties)
@@ -327,6 +358,7 @@ export const makeBroker = (options: MemoryOptions): Effect.Effect<MemoryBrokerSe
     const lock = (receivable: Receivable, queue: SubQueue, stored: Stored, now: number) => {
       stored.deliveries++
       stored.lock = { token: randomUUID(), until: now + receivable.lockDuration }
+      sweepBy(receivable, stored.lock.until)
       return rawDelivery(receivable, queue, stored, now)
     }
 
@@ -451,6 +483,7 @@ export const makeBroker = (options: MemoryOptions): Effect.Effect<MemoryBrokerSe
               state: "active",
               deadLetter: undefined
             })
+            if (timeToLive !== undefined) sweepBy(target, availableAt + timeToLive)
           }
         }
         if (accepted.length > 0) destination.batches.push(accepted)

@@ -6,6 +6,7 @@ import type { Scope } from "effect"
 import {
   Cause,
   Clock,
+  Context,
   Deferred,
   Duration,
   Effect,
@@ -13,6 +14,7 @@ import {
   Exit,
   Fiber,
   FiberId,
+  FiberRef,
   FiberSet,
   Metric,
   MetricBoundaries,
@@ -44,6 +46,7 @@ import { MessageEncodeError } from "../ServiceBusError.js"
 import { isTransient as isTransactionTransient } from "../ServiceBusTransaction.js"
 import type { Dispatch, Inbound } from "./messageProcessorTransport.js"
 import { implOf } from "./messageProcessorTransport.js"
+import { isTracing } from "./messageReceiver.js"
 
 export const propertyNames = {
   retryCount: "retryCount",
@@ -103,10 +106,20 @@ const zero: Api.Stats = {
 export const handler = <A, I, E, R>(
   schema: Schema.Schema<A, I>,
   handle: (body: A, context: Api.MessageContext) => Effect.Effect<unknown, E, R>
-): Api.Handler<E, R> => ({
-  decode: decodeBody(schema),
-  handle: (body, context) => handle(body as A, context)
-})
+): Api.Handler<E, R> => {
+  const decode = decodeBody(schema)
+  const decodeSync = Schema.decodeUnknownEither(schema)
+  return {
+    // Synchronously when the schema allows (no Effect of parsing per message); through
+    // `decodeBody` for bytes, failures (for its error) and schemas that need effects.
+    decode: (message) => {
+      if (message.body instanceof Uint8Array) return decode(message)
+      const decoded = decodeSync(message.body)
+      return Either.isRight(decoded) ? Effect.succeed(decoded.right) : decode(message)
+    },
+    handle: (body, context) => handle(body as A, context)
+  }
+}
 
 const defaultIsTransient = (error: unknown): boolean =>
   isTransactionTransient(error) || isEventStoreTransient(error) || isProjectionTransient(error)
@@ -147,12 +160,18 @@ const parentSpanOf = (traceparent: string | undefined): Tracer.ExternalSpan | un
   })
 }
 
+// The current span's, if any. Read from the context rather than with `Effect.currentSpan`, which
+// fails (an exception with a stack trace) when there is none.
 const currentTraceparent: Effect.Effect<string | undefined> = Effect.map(
-  Effect.option(Effect.currentSpan),
-  (span) => Option.isSome(span) ? traceparentOf(span.value) : undefined
+  Effect.serviceOption(Tracer.ParentSpan),
+  (span) => Option.isSome(span) && span.value._tag === "Span" ? traceparentOf(span.value) : undefined
 )
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
+
+const countCompleted = (stats: Mutable<Api.Stats>): void => {
+  stats.completed++
+}
 
 export const run = <H extends Api.Handlers, R>(
   options: Api.Options<H, R>
@@ -185,7 +204,8 @@ export const run = <H extends Api.Handlers, R>(
     const link = yield* transport.open({
       source,
       destinations: options.destinations ?? [],
-      lockRenewal: options.lockRenewal
+      lockRenewal: options.lockRenewal,
+      concurrency
     })
     // The counts change a few times per message: a plain snapshot, published only while someone
     // listens, and waiters checked as it changes.
@@ -232,231 +252,258 @@ export const run = <H extends Api.Handlers, R>(
     // ---------------------------------------------------------------------------------------
     // One message
 
-    const processOne = (item: Inbound): Effect.Effect<void> => {
-      const message = item.message
-      const props = message.applicationProperties ?? {}
-      const original = props[propertyNames.originalMessageId]
-      const messageId = typeof original === "string" && original.length > 0
-        ? original
-        : message.messageId ?? `${entity}#${message.sequenceNumber}`
-      const previous = Number(props[propertyNames.retryCount] ?? 0)
-      const earlierAttempts = Number.isFinite(previous) && previous > 0 ? Math.floor(previous) : 0
-      const attempt = earlierAttempts + message.deliveryCount
-      const subject = message.subject
-      const correlationId = message.correlationId ?? messageId
-      // Counts are changed once when the message comes and once when it is done with, so that a
-      // reader never sees it counted as both in flight and finished.
-      const changes: Array<(stats: Mutable<Api.Stats>) => void> = []
-      const note = (change: (stats: Mutable<Api.Stats>) => void) =>
-        Effect.sync(() => {
-          changes.push(change)
-        })
-      const attributes = {
-        entity,
-        messageId,
-        subject: subject ?? "",
-        deliveryCount: message.deliveryCount,
-        attempt,
-        mode: transport.mode
-      }
+    const processOne = (item: Inbound): Effect.Effect<void> =>
+      Effect.withFiberRuntime((fiber) => {
+        const message = item.message
+        const tracing = isTracing(fiber)
+        const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+        let start = 0
+        let completed = false
+        const props = message.applicationProperties ?? {}
+        const original = props[propertyNames.originalMessageId]
+        const messageId = typeof original === "string" && original.length > 0
+          ? original
+          : message.messageId ?? `${entity}#${message.sequenceNumber}`
+        const previous = Number(props[propertyNames.retryCount] ?? 0)
+        const earlierAttempts = Number.isFinite(previous) && previous > 0 ? Math.floor(previous) : 0
+        const attempt = earlierAttempts + message.deliveryCount
+        const subject = message.subject
+        const correlationId = message.correlationId ?? messageId
+        // Counts are changed once when the message comes and once when it is done with, so that a
+        // reader never sees it counted as both in flight and finished.
+        const changes: Array<(stats: Mutable<Api.Stats>) => void> = []
+        const note = (change: (stats: Mutable<Api.Stats>) => void) =>
+          Effect.sync(() => {
+            changes.push(change)
+          })
 
-      const makeContext = (buffer: Array<Dispatch>, retry: number): Api.MessageContext => {
-        let index = 0
-        const complete = (outgoing: Api.Outgoing, traceparent: string | undefined): OutgoingMessage => {
-          const position = index++
-          const full: Mutable<OutgoingMessage> = {
-            ...outgoing,
-            messageId: outgoing.messageId ?? idFromMessage(messageId, position),
-            correlationId: outgoing.correlationId ?? correlationId,
-            causationId: outgoing.causationId ?? messageId
+        const makeContext = (buffer: Array<Dispatch>, retry: number): Api.MessageContext => {
+          let index = 0
+          const complete = (outgoing: Api.Outgoing, traceparent: string | undefined): OutgoingMessage => {
+            const position = index++
+            const full: Mutable<OutgoingMessage> = {
+              ...outgoing,
+              messageId: outgoing.messageId ?? idFromMessage(messageId, position),
+              correlationId: outgoing.correlationId ?? correlationId,
+              causationId: outgoing.causationId ?? messageId
+            }
+            const trace = outgoing.traceparent ?? traceparent
+            if (trace !== undefined) full.traceparent = trace
+            return full
           }
-          const trace = outgoing.traceparent ?? traceparent
-          if (trace !== undefined) full.traceparent = trace
-          return full
-        }
-        const send = (destination: string, messages: Api.Outgoing | ReadonlyArray<Api.Outgoing>) =>
-          Effect.flatMap(currentTraceparent, (traceparent) =>
-            Effect.sync(() => {
-              const list: ReadonlyArray<Api.Outgoing> = Array.isArray(messages)
-                ? messages
-                : [messages as Api.Outgoing]
-              buffer.push({ destination, messages: list.map((outgoing) => complete(outgoing, traceparent)) })
-            }))
-        return {
-          message,
-          entity,
-          messageId,
-          subject: subject ?? "",
-          correlationId,
-          causationId: message.causationId,
-          deliveryCount: message.deliveryCount,
-          attempt,
-          retry,
-          enqueuedTime: message.enqueuedTime,
-          traceparent: message.traceparent,
-          send,
-          publish: <A, I>(destination: string, schema: Schema.Schema<A, I>, body: A, fields?: Api.PublishFields) =>
-            Schema.encode(schema)(body).pipe(
-              Effect.mapError((error) =>
-                new MessageEncodeError({
-                  ...(fields?.messageId === undefined ? {} : { messageId: fields.messageId }),
-                  reason: ParseResult.TreeFormatter.formatErrorSync(error)
-                })
-              ),
-              Effect.flatMap((encoded) => {
-                const tag = typeof body === "object" && body !== null && "_tag" in body ? body._tag : undefined
-                const outgoing: Mutable<Api.Outgoing> = { ...fields, body: encoded }
-                if (outgoing.subject === undefined && typeof tag === "string") outgoing.subject = tag
-                return send(destination, outgoing)
-              })
-            )
-        }
-      }
-
-      const settleOrRelease = (settlement: Settlement, what: string) =>
-        item.settle(settlement).pipe(
-          Effect.as(true),
-          Effect.catchAll((error) =>
-            Effect.as(
-              Effect.zipRight(
-                Effect.logDebug(`Could not ${what} the message; it is delivered again when its lock expires`, error),
-                item.release
-              ),
-              false
-            )
-          )
-        )
-
-      const deadLetter = (error: unknown) =>
-        settleOrRelease({ _tag: "DeadLetter", reason: tagOf(error), description: describe(error) }, "dead-letter")
-          .pipe(
-            Effect.tap((done) =>
-              done
-                ? Effect.zipRight(
-                  Metric.increment(counters.deadLetters),
-                  note((s) => {
-                    s.deadLettered++
-                  })
-                )
-                : note((s) => {
-                  s.abandoned++
-                })
-            ),
-            Effect.zipLeft(
-              Effect.logWarning("Message dead-lettered", { reason: tagOf(error), error: describe(error) })
-            ),
-            Effect.asVoid
-          )
-
-      const abandon = settleOrRelease({ _tag: "Abandon" }, "abandon").pipe(
-        Effect.zipRight(Metric.increment(counters.retries)),
-        Effect.zipRight(note((s) => {
-          s.abandoned++
-        }))
-      )
-
-      const reschedule = (delay: Duration.Duration) =>
-        Effect.gen(function*() {
-          if (source._tag !== "Queue") return yield* abandon
-          const now = yield* Clock.currentTimeMillis
-          const copy: OutgoingMessage = {
-            body: message.body,
-            messageId: idFromMessage(`retry:${messageId}`, attempt),
-            ...(subject === undefined ? {} : { subject }),
+          const send = (destination: string, messages: Api.Outgoing | ReadonlyArray<Api.Outgoing>) =>
+            Effect.flatMap(currentTraceparent, (traceparent) =>
+              Effect.sync(() => {
+                const list: ReadonlyArray<Api.Outgoing> = Array.isArray(messages)
+                  ? messages
+                  : [messages as Api.Outgoing]
+                buffer.push({ destination, messages: list.map((outgoing) => complete(outgoing, traceparent)) })
+              }))
+          return {
+            message,
+            entity,
+            messageId,
+            subject: subject ?? "",
             correlationId,
-            ...(message.causationId === undefined ? {} : { causationId: message.causationId }),
-            ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
-            ...(message.sessionId === undefined ? {} : { sessionId: message.sessionId }),
-            ...(message.partitionKey === undefined ? {} : { partitionKey: message.partitionKey }),
-            applicationProperties: {
-              ...props,
-              [propertyNames.retryCount]: attempt,
-              [propertyNames.originalMessageId]: messageId
-            },
-            scheduledEnqueueTime: new Date(now + Duration.toMillis(delay))
+            causationId: message.causationId,
+            deliveryCount: message.deliveryCount,
+            attempt,
+            retry,
+            enqueuedTime: message.enqueuedTime,
+            traceparent: message.traceparent,
+            send,
+            publish: <A, I>(destination: string, schema: Schema.Schema<A, I>, body: A, fields?: Api.PublishFields) =>
+              Schema.encode(schema)(body).pipe(
+                Effect.mapError((error) =>
+                  new MessageEncodeError({
+                    ...(fields?.messageId === undefined ? {} : { messageId: fields.messageId }),
+                    reason: ParseResult.TreeFormatter.formatErrorSync(error)
+                  })
+                ),
+                Effect.flatMap((encoded) => {
+                  const tag = typeof body === "object" && body !== null && "_tag" in body ? body._tag : undefined
+                  const outgoing: Mutable<Api.Outgoing> = { ...fields, body: encoded }
+                  if (outgoing.subject === undefined && typeof tag === "string") outgoing.subject = tag
+                  return send(destination, outgoing)
+                })
+              )
           }
-          const done = yield* item.commit({ _tag: "Complete" }, [{ destination: source.queue, messages: [copy] }]).pipe(
+        }
+
+        const settleOrRelease = (settlement: Settlement, what: string) =>
+          item.settle(settlement).pipe(
             Effect.as(true),
             Effect.catchAll((error) =>
-              Effect.zipRight(
-                Effect.logDebug("Could not reschedule the message; abandoning it", error),
-                Effect.succeed(false)
+              Effect.as(
+                Effect.zipRight(
+                  Effect.logDebug(`Could not ${what} the message; it is delivered again when its lock expires`, error),
+                  item.release
+                ),
+                false
               )
             )
           )
-          if (!done) return yield* abandon
-          yield* Metric.increment(counters.retries)
-          yield* note((s) => {
-            s.rescheduled++
-          })
-        })
 
-      // A failed attempt: dead-letter once the attempts are spent, else ask for another delivery.
-      const failed = (error: unknown) =>
-        Effect.gen(function*() {
-          yield* Effect.annotateCurrentSpan("error", tagOf(error))
-          if (attempt >= maxAttempts) return yield* deadLetter(error)
-          yield* Effect.logInfo("Message handling failed; it will be retried", {
-            error: tagOf(error),
-            reason: describe(error)
-          })
-          if (delayedRetry !== undefined) return yield* reschedule(delayOf(attempt))
-          return yield* abandon
-        })
+        const deadLetter = (error: unknown) =>
+          settleOrRelease({ _tag: "DeadLetter", reason: tagOf(error), description: describe(error) }, "dead-letter")
+            .pipe(
+              Effect.tap((done) =>
+                done
+                  ? Effect.zipRight(
+                    Metric.increment(counters.deadLetters),
+                    note((s) => {
+                      s.deadLettered++
+                    })
+                  )
+                  : note((s) => {
+                    s.abandoned++
+                  })
+              ),
+              Effect.zipLeft(
+                Effect.logWarning("Message dead-lettered", { reason: tagOf(error), error: describe(error) })
+              ),
+              Effect.asVoid
+            )
 
-      const handle = (selected: Api.Handler<unknown, unknown>, body: unknown) => {
-        let tries = 0
-        const once = Effect.suspend(() => {
-          const buffer: Array<Dispatch> = []
-          const context = makeContext(buffer, tries)
-          const retried = tries++ > 0
-          return Effect.zipRight(
-            retried
-              ? Effect.zipRight(
+        // Built only when needed: most messages are completed.
+        const abandon = Effect.suspend(() =>
+          settleOrRelease({ _tag: "Abandon" }, "abandon").pipe(
+            Effect.zipRight(Metric.increment(counters.retries)),
+            Effect.zipRight(note((s) => {
+              s.abandoned++
+            }))
+          )
+        )
+
+        const reschedule = (delay: Duration.Duration) =>
+          Effect.gen(function*() {
+            if (source._tag !== "Queue") return yield* abandon
+            const now = yield* Clock.currentTimeMillis
+            const copy: OutgoingMessage = {
+              body: message.body,
+              messageId: idFromMessage(`retry:${messageId}`, attempt),
+              ...(subject === undefined ? {} : { subject }),
+              correlationId,
+              ...(message.causationId === undefined ? {} : { causationId: message.causationId }),
+              ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
+              ...(message.sessionId === undefined ? {} : { sessionId: message.sessionId }),
+              ...(message.partitionKey === undefined ? {} : { partitionKey: message.partitionKey }),
+              applicationProperties: {
+                ...props,
+                [propertyNames.retryCount]: attempt,
+                [propertyNames.originalMessageId]: messageId
+              },
+              scheduledEnqueueTime: new Date(now + Duration.toMillis(delay))
+            }
+            const done = yield* item.commit({ _tag: "Complete" }, [{ destination: source.queue, messages: [copy] }])
+              .pipe(
+                Effect.as(true),
+                Effect.catchAll((error) =>
+                  Effect.zipRight(
+                    Effect.logDebug("Could not reschedule the message; abandoning it", error),
+                    Effect.succeed(false)
+                  )
+                )
+              )
+            if (!done) return yield* abandon
+            yield* Metric.increment(counters.retries)
+            yield* note((s) => {
+              s.rescheduled++
+            })
+          })
+
+        // A failed attempt: dead-letter once the attempts are spent, else ask for another delivery.
+        const failed = (error: unknown) =>
+          Effect.gen(function*() {
+            yield* Effect.annotateCurrentSpan("error", tagOf(error))
+            if (attempt >= maxAttempts) return yield* deadLetter(error)
+            yield* Effect.logInfo("Message handling failed; it will be retried", {
+              error: tagOf(error),
+              reason: describe(error)
+            })
+            if (delayedRetry !== undefined) return yield* reschedule(delayOf(attempt))
+            return yield* abandon
+          })
+
+        const handle = (selected: Api.Handler<unknown, unknown>, body: unknown) => {
+          let tries = 0
+          const once = Effect.suspend(() => {
+            const buffer: Array<Dispatch> = []
+            const context = makeContext(buffer, tries)
+            const attempt = selected.handle(body, context).pipe(
+              Effect.provideService(CurrentMessage, context),
+              Effect.as(buffer)
+            ) as Effect.Effect<Array<Dispatch>, unknown>
+            if (tries++ === 0) return attempt
+            return Effect.zipRight(
+              Effect.zipRight(
                 Metric.increment(counters.retries),
                 note((s) => {
                   s.retries++
                 })
+              ),
+              attempt
+            )
+          }).pipe(
+            Effect.catchAllDefect((defect) =>
+              Effect.fail(
+                new HandlerDefect({
+                  entity,
+                  messageId,
+                  ...(subject === undefined ? {} : { subject }),
+                  reason: describe(defect)
+                })
               )
-              : Effect.void,
-            selected.handle(body, context).pipe(
-              Effect.provideService(CurrentMessage, context),
-              Effect.as(buffer)
-            ) as Effect.Effect<Array<Dispatch>, unknown>
-          )
-        }).pipe(
-          Effect.catchAllDefect((defect) =>
-            Effect.fail(
-              new HandlerDefect({
-                entity,
-                messageId,
-                ...(subject === undefined ? {} : { subject }),
-                reason: describe(defect)
-              })
             )
           )
-        )
-        return Effect.retry(once, { schedule: retry, while: isTransient })
-      }
-
-      const commit = (sends: ReadonlyArray<Dispatch>) =>
-        item.commit({ _tag: "Complete" }, sends).pipe(
-          Effect.withSpan("MessageProcessor.commit", {
-            captureStackTrace: false,
-            attributes: {
-              entity,
-              messageId,
-              mode: transport.mode,
-              messages: sends.reduce((n, dispatch) => n + dispatch.messages.length, 0)
-            }
+          // The schedule's driver is made only after a first transient failure: the first attempt
+          // almost always succeeds. The schedule then sees that failure first, as with
+          // `Effect.retry` over the whole.
+          return Effect.catchIf(once, isTransient, (first) => {
+            let pending = true
+            const again = Effect.suspend(() => {
+              if (!pending) return once
+              pending = false
+              return Effect.fail(first)
+            })
+            return Effect.retry(again, { schedule: retry, while: isTransient })
           })
-        )
+        }
 
-      const work = Effect.uninterruptibleMask((restore) =>
-        Effect.gen(function*() {
+        const commit = (sends: ReadonlyArray<Dispatch>) =>
+          tracing
+            ? item.commit({ _tag: "Complete" }, sends).pipe(
+              Effect.withSpan("MessageProcessor.commit", {
+                captureStackTrace: false,
+                attributes: {
+                  entity,
+                  messageId,
+                  mode: transport.mode,
+                  messages: sends.reduce((n, dispatch) => n + dispatch.messages.length, 0)
+                }
+              })
+            )
+            : item.commit({ _tag: "Complete" }, sends)
+
+        const committed = Effect.sync(() => {
+          completed = true
+          changes.push(countCompleted)
+        })
+        const commitFailed = (error: unknown) =>
+          Effect.zipRight(
+            Effect.zipRight(
+              Metric.increment(counters.commitFailures),
+              note((s) => {
+                s.commitFailures++
+              })
+            ),
+            failed(error)
+          )
+
+        const work = Effect.uninterruptibleMask((restore) => {
           const selected = subject !== undefined && Object.hasOwn(handlers, subject) ? handlers[subject] : undefined
           if (selected === undefined) {
-            return yield* deadLetter(
+            return deadLetter(
               new UnknownMessageType({
                 entity,
                 ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
@@ -465,67 +512,76 @@ export const run = <H extends Api.Handlers, R>(
               })
             )
           }
-          const decoded = yield* Effect.either(selected.decode(message))
-          if (Either.isLeft(decoded)) return yield* deadLetter(decoded.left)
-          const outcome = yield* Effect.exit(restore(handle(selected, decoded.right)))
-          if (outcome._tag === "Failure") {
-            if (Cause.isInterruptedOnly(outcome.cause)) {
-              // Shutdown ran out of time: let another receiver have the message at once.
-              yield* settleOrRelease({ _tag: "Abandon" }, "abandon")
-              return yield* note((s) => {
-                s.abandoned++
+          return Effect.matchEffect(selected.decode(message), {
+            onFailure: deadLetter,
+            onSuccess: (body) =>
+              Effect.matchCauseEffect(restore(handle(selected, body)), {
+                onFailure: (cause) => {
+                  if (Cause.isInterruptedOnly(cause)) {
+                    // Shutdown ran out of time: let another receiver have the message at once.
+                    return Effect.zipRight(
+                      settleOrRelease({ _tag: "Abandon" }, "abandon"),
+                      note((s) => {
+                        s.abandoned++
+                      })
+                    )
+                  }
+                  const error = Cause.failureOption(cause)
+                  return failed(Option.isSome(error) ? error.value : Cause.squash(cause))
+                },
+                onSuccess: (sends) =>
+                  Effect.matchEffect(commit(sends), {
+                    onFailure: commitFailed,
+                    onSuccess: () => committed
+                  })
               })
-            }
-            const error = Cause.failureOption(outcome.cause)
-            return yield* failed(Option.isSome(error) ? error.value : Cause.squash(outcome.cause))
-          }
-          const committed = yield* Effect.either(commit(outcome.value))
-          if (Either.isLeft(committed)) {
-            yield* Metric.increment(counters.commitFailures)
-            yield* note((s) => {
-              s.commitFailures++
-            })
-            return yield* failed(committed.left)
-          }
-          yield* Metric.increment(counters.processed)
-          yield* note((s) => {
-            s.completed++
           })
         })
-      )
 
-      return Effect.gen(function*() {
-        const start = yield* Clock.currentTimeMillis
-        yield* bump((s) => {
-          s.received++
-          s.inFlight++
+        const started = Effect.suspend(() => {
+          start = clock.unsafeCurrentTimeMillis()
+          return bump((s) => {
+            s.received++
+            s.inFlight++
+          })
         })
-        yield* work.pipe(
-          Effect.catchAllCause((cause) =>
-            // Nothing escapes a message's fiber: the loop and the other messages keep going.
-            Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release)
-          ),
-          Effect.ensuring(Effect.flatMap(Clock.currentTimeMillis, (end) =>
-            Effect.zipRight(
-              Metric.update(counters.duration, end - start),
-              bump((s) => {
-                for (const change of changes) change(s)
-                s.inFlight--
-              })
-            )))
+        // Counted once, at the end: the histogram, the completion, and the stats.
+        const finished = Effect.withFiberRuntime<void>((fiber) => {
+          const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
+          counters.duration.unsafeUpdate(clock.unsafeCurrentTimeMillis() - start, labels)
+          if (completed) counters.processed.unsafeUpdate(1, labels)
+          return bump((s) => {
+            for (const change of changes) change(s)
+            s.inFlight--
+          })
+        })
+        const body = Effect.zipRight(
+          started,
+          work.pipe(
+            Effect.catchAllCause((cause) =>
+              // Nothing escapes a message's fiber: the loop and the other messages keep going.
+              Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release)
+            ),
+            Effect.ensuring(finished)
+          )
         )
-      }).pipe(
-        Effect.withSpan("MessageProcessor.handle", {
+        const annotated = Effect.annotateLogs(body, { entity, messageId, subject: subject ?? "" })
+        if (!tracing && message.traceparent === undefined) return annotated
+        const parent = parentSpanOf(message.traceparent)
+        return Effect.withSpan(annotated, "MessageProcessor.handle", {
           kind: "consumer",
           captureStackTrace: false,
-          attributes,
-          ...(parentSpanOf(message.traceparent) === undefined
-            ? {}
-            : { parent: parentSpanOf(message.traceparent)! })
-        }),
-        Effect.annotateLogs({ entity, messageId, subject: subject ?? "" })
-      )
-    }
+          attributes: {
+            entity,
+            messageId,
+            subject: subject ?? "",
+            deliveryCount: message.deliveryCount,
+            attempt,
+            mode: transport.mode
+          },
+          ...(parent === undefined ? {} : { parent })
+        })
+      })
 
     // ---------------------------------------------------------------------------------------
     // The loop
@@ -533,32 +589,41 @@ export const run = <H extends Api.Handlers, R>(
     const inFlight = yield* FiberSet.make<void>()
     const slots = yield* Effect.makeSemaphore(concurrency)
 
-    const receiveOnce = Effect.gen(function*() {
-      const remaining = yield* slots.take(1)
-      const extra = Math.max(0, Math.min(remaining, concurrency - 1))
-      if (extra > 0) yield* slots.take(extra)
-      const wanted = 1 + extra
-      const batch = yield* link.receive(wanted, receiveWait).pipe(
-        Effect.tapErrorCause(() => slots.release(wanted))
-      )
-      if (batch.items.length < wanted) yield* slots.release(wanted - batch.items.length)
-      if (batch.items.length === 0) return yield* batch.done
-      let pending = batch.items.length
-      const finished = Effect.suspend(() => --pending === 0 ? batch.done : Effect.void)
-      for (const item of batch.items) {
-        yield* FiberSet.run(
-          inFlight,
-          processOne(item).pipe(Effect.ensuring(Effect.zipRight(slots.release(1), finished)))
+    const receiveOnce = (lane: number) =>
+      Effect.gen(function*() {
+        const remaining = yield* slots.take(1)
+        const extra = Math.max(0, Math.min(remaining, concurrency - 1))
+        if (extra > 0) yield* slots.take(extra)
+        const wanted = 1 + extra
+        const batch = yield* link.receive(wanted, receiveWait, lane).pipe(
+          Effect.tapErrorCause(() => slots.release(wanted))
         )
-      }
-    })
+        if (batch.items.length < wanted) yield* slots.release(wanted - batch.items.length)
+        if (batch.items.length === 0) return yield* batch.done
+        let pending = batch.items.length
+        const finished = Effect.suspend(() => --pending === 0 ? batch.done : Effect.void)
+        for (const item of batch.items) {
+          yield* FiberSet.run(
+            inFlight,
+            processOne(item).pipe(Effect.ensuring(Effect.zipRight(slots.release(1), finished)))
+          )
+        }
+      })
 
-    const loop = receiveOnce.pipe(
-      Effect.tapError((error) => Effect.logWarning("Receiving failed; trying again", error)),
-      Effect.retry(receiveBackoff),
-      Effect.forever,
-      Effect.annotateLogs({ entity, processor: transport.name })
-    )
+    // One loop per lane of the link, each receiving while there are free slots.
+    const laneLoop = (lane: number) =>
+      receiveOnce(lane).pipe(
+        Effect.tapError((error) => Effect.logWarning("Receiving failed; trying again", error)),
+        Effect.retry(receiveBackoff),
+        Effect.forever
+      )
+    const lanes = Math.max(1, Math.min(link.lanes, concurrency))
+    const loop = (lanes === 1
+      ? laneLoop(0)
+      : Effect.forEach(Array.from({ length: lanes }, (_, lane) => lane), laneLoop, {
+        concurrency: "unbounded",
+        discard: true
+      })).pipe(Effect.annotateLogs({ entity, processor: transport.name }))
     const loopFiber = yield* Effect.forkScoped(Effect.interruptible(loop))
 
     // ---------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 // runs on a transactional session (recreated when its connection is lost, since a session does
 // not reconnect by itself) and renews locks through an SDK receiver's management link; the
 // others run over the MessageReceiver and MessageSender ports. Every mode renews locks with the
-// same loop (`renewalLoop`), whose first renewal is timed from the lock's expiry as received.
+// same timer (`makeRenewals`), whose first renewal is timed from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
 import type { Schedule } from "effect"
-import { Clock, Duration, Effect, Exit, Fiber, FiberMap, Scope } from "effect"
+import { Clock, Duration, Effect, Exit, Fiber, FiberSet, Scope } from "effect"
 import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
@@ -17,6 +17,7 @@ import type { ReceiveError, SendError, ServiceError, SettleError, TransientError
 import { MessageLockLost } from "../ServiceBusError.js"
 import * as ServiceBusTransaction from "../ServiceBusTransaction.js"
 import { closeWithin } from "./closeWithin.js"
+import * as Receiver from "./messageReceiver.js"
 import { retryTransient } from "./messageRetry.js"
 import { settleError } from "./serviceBusErrors.js"
 
@@ -44,9 +45,12 @@ export interface Batch {
 }
 
 export interface Link {
+  /** How many receives may run at once, each on its own lane (`0` to `lanes - 1`). */
+  readonly lanes: number
   readonly receive: (
     maxMessages: number,
-    maxWait: Duration.Duration
+    maxWait: Duration.Duration,
+    lane: number
   ) => Effect.Effect<Batch, ReceiveError | Api.StartError>
 }
 
@@ -54,6 +58,8 @@ export interface OpenOptions {
   readonly source: Source
   readonly destinations: ReadonlyArray<string>
   readonly lockRenewal: LockRenewalOptions | false | undefined
+  /** How many messages the processor handles at once. */
+  readonly concurrency: number
 }
 
 export interface TransportImpl<R> extends Api.Transport<R> {
@@ -80,37 +86,140 @@ const defaultMaxRenewal = 5 * 60_000
 // Between two renewals of one lock; below this, renewing would be a busy loop.
 const minRenewalIntervalMillis = 50
 
+interface Renewal {
+  readonly message: ReceivedMessage
+  readonly renew: Effect.Effect<Date, unknown>
+  readonly start: number
+  lockedUntil: number
+  renewedAt: number | undefined
+  /** When the next renewal is due; undefined while one runs. */
+  due: number | undefined
+  running: Fiber.RuntimeFiber<void, never> | undefined
+}
+
+export interface Renewals {
+  /**
+   * Keeps a message's lock until the returned effect stops it. Each renewal is due when
+   * `fraction` of the time left on the lock has passed, counted from the lock's expiry as the
+   * broker gave it (not from when the handler got the message, which may be much later): a lock
+   * that is almost gone when the message is handed over is renewed at once.
+   */
+  readonly keep: (message: ReceivedMessage, renew: Effect.Effect<Date, unknown>) => Effect.Effect<Effect.Effect<void>>
+}
+
 /**
- * Keeps a message's lock until interrupted. Each renewal is due when `fraction` of the time left
- * on the lock has passed, counted from the lock's expiry as the broker gave it (not from when the
- * handler got the message, which may be much later): a lock that is almost gone when the message
- * is handed over is renewed at once.
+ * The lock renewals of one link, timed by one fiber that sleeps until the next renewal is due
+ * (on the `Clock`, so that a `TestClock` drives it) and forks each renewal. Keeping and stopping
+ * a lock only add to and remove from a set: most messages are settled long before their first
+ * renewal, and a fiber per message would cost more than the rest of their handling.
  */
-export const renewalLoop = (
-  message: ReceivedMessage,
-  renew: Effect.Effect<Date, unknown>,
-  options: LockRenewalOptions
-): Effect.Effect<void> =>
+export const makeRenewals = (options: LockRenewalOptions): Effect.Effect<Renewals, never, Scope.Scope> =>
   Effect.gen(function*() {
-    if (message.lockedUntil === undefined) return
     const fraction = Math.min(0.95, Math.max(0.05, options.fraction ?? defaultRenewalFraction))
     const maxDuration = options.maxDuration === undefined ? defaultMaxRenewal : Duration.toMillis(options.maxDuration)
-    const start = yield* Clock.currentTimeMillis
-    let lockedUntil = message.lockedUntil.getTime()
-    let renewedAt: number | undefined
-    while (true) {
-      const now = yield* Clock.currentTimeMillis
-      let wait = Math.max(0, (lockedUntil - now) * fraction)
-      if (renewedAt !== undefined) wait = Math.max(wait, renewedAt + minRenewalIntervalMillis - now)
-      if (now + wait - start > maxDuration) return
-      if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
-      renewedAt = yield* Clock.currentTimeMillis
-      lockedUntil = (yield* renew).getTime()
+    const running = yield* FiberSet.make<void>()
+    const kept = new Set<Renewal>()
+    // The time the timer sleeps until, and how to wake it earlier.
+    let target = Number.POSITIVE_INFINITY
+    let wake: (() => void) | undefined
+    // Set when a renewal comes due before `target` while the timer is not yet listening.
+    let earlier = false
+
+    // Schedules the next renewal, or drops the lock once renewing would go past the maximum.
+    const schedule = (renewal: Renewal, now: number) => {
+      let wait = Math.max(0, (renewal.lockedUntil - now) * fraction)
+      if (renewal.renewedAt !== undefined) wait = Math.max(wait, renewal.renewedAt + minRenewalIntervalMillis - now)
+      if (now + wait - renewal.start > maxDuration) {
+        kept.delete(renewal)
+        return
+      }
+      renewal.due = now + wait
+      if (renewal.due < target) {
+        earlier = true
+        wake?.()
+      }
     }
-  }).pipe(
-    Effect.catchAllCause((cause) => Effect.logDebug("Lock renewal stopped", cause)),
-    Effect.annotateLogs({ entity: message.entity, messageId: message.messageId ?? "" })
-  )
+
+    const renewOne = (renewal: Renewal) =>
+      Effect.flatMap(Clock.currentTimeMillis, (renewedAt) =>
+        renewal.renew.pipe(
+          Effect.flatMap((until) =>
+            Effect.map(Clock.currentTimeMillis, (now) => {
+              renewal.running = undefined
+              if (!kept.has(renewal)) return
+              renewal.renewedAt = renewedAt
+              renewal.lockedUntil = until.getTime()
+              schedule(renewal, now)
+            })
+          ),
+          Effect.catchAllCause((cause) =>
+            Effect.suspend(() => {
+              renewal.running = undefined
+              kept.delete(renewal)
+              return Effect.logDebug("Lock renewal stopped", cause)
+            })
+          ),
+          Effect.annotateLogs({ entity: renewal.message.entity, messageId: renewal.message.messageId ?? "" })
+        ))
+
+    const sleepUntil = (now: number): Effect.Effect<void> => {
+      target = Number.POSITIVE_INFINITY
+      earlier = false
+      for (const renewal of kept) {
+        if (renewal.due !== undefined && renewal.due < target) target = renewal.due
+      }
+      const woken = Effect.async<void>((resume) => {
+        if (earlier) return resume(Effect.void)
+        wake = () => {
+          wake = undefined
+          resume(Effect.void)
+        }
+        return Effect.sync(() => {
+          wake = undefined
+        })
+      })
+      return target === Number.POSITIVE_INFINITY
+        ? woken
+        : Effect.race(Effect.sleep(Duration.millis(target - now)), woken)
+    }
+
+    const tick: Effect.Effect<void> = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const due: Array<Renewal> = []
+      for (const renewal of kept) {
+        if (renewal.due !== undefined && renewal.due <= now) due.push(renewal)
+      }
+      const forks = Effect.forEach(due, (renewal) => {
+        renewal.due = undefined
+        return Effect.map(FiberSet.run(running, renewOne(renewal)), (fiber) => {
+          renewal.running = fiber
+        })
+      }, { discard: true })
+      return Effect.zipRight(forks, Effect.suspend(() => sleepUntil(now)))
+    })
+    yield* Effect.forkScoped(Effect.interruptible(Effect.forever(tick)))
+
+    const keep: Renewals["keep"] = (message, renew) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        if (message.lockedUntil === undefined) return Effect.void
+        const renewal: Renewal = {
+          message,
+          renew,
+          start: now,
+          lockedUntil: message.lockedUntil.getTime(),
+          renewedAt: undefined,
+          due: undefined,
+          running: undefined
+        }
+        kept.add(renewal)
+        schedule(renewal, now)
+        return Effect.suspend(() => {
+          kept.delete(renewal)
+          const fiber = renewal.running
+          return fiber === undefined ? Effect.void : Fiber.interrupt(fiber)
+        })
+      })
+    return { keep }
+  })
 
 // ---------------------------------------------------------------------------------------------
 // Over the ports
@@ -122,72 +231,131 @@ export const renewalLoop = (
 const followUpWait = Duration.millis(20)
 // How long past a lock's expiry a settlement may still be answered (clocks differ a little).
 const settleGraceMillis = 1000
+// Links receiving at once for one processor over Service Bus.
+const maxLanes = 8
 
 const openPorts = (
   receiver: MessageReceiver.MessageReceiverService,
   sender: MessageSender.MessageSenderService,
-  options: OpenOptions
+  options: OpenOptions,
+  // Whether a settlement may go unanswered (a connection lost under it): then it is bounded by
+  // the lock's expiry. The memory broker always answers at once.
+  boundSettlements: boolean,
+  // How many links receive at once: a link serves one receive at a time, and each waits for a
+  // round trip to the broker.
+  lanes: number
 ): Effect.Effect<Link, never, Scope.Scope> =>
-  Effect.map(Effect.scope, (parent): Link => {
+  Effect.gen(function*() {
+    const parent = yield* Effect.scope
     const renewal = options.lockRenewal
-    // Deliveries belong to the scope of their receive: closing it once the batch is done
-    // abandons whatever was left unsettled (a shutdown that timed out, a release), and stops
-    // the renewals.
-    const receiveInto = (scope: Scope.Scope, maxMessages: number, maxWait: Duration.Duration) =>
-      receiver.receive(options.source, { maxMessages, maxWaitTime: maxWait, lockRenewal: false }).pipe(
-        Scope.extend(scope)
+    const internals = Receiver.internalsOf(receiver)
+    // One tracker for the link: it abandons at its close whatever is still unsettled (a
+    // shutdown that timed out). The renewal fibers live as long as the link at most.
+    const tracker = internals === undefined ? undefined : yield* internals.makeTracker
+    const renewals = renewal === false ? undefined : yield* makeRenewals(renewal ?? {})
+
+    const send = (sends: ReadonlyArray<Dispatch>): Effect.Effect<void, SendError> => {
+      if (sends.length === 1) return Effect.asVoid(sender.send(sends[0].destination, sends[0].messages))
+      return Effect.forEach(
+        groupSends(sends),
+        ([destination, messages]) => sender.send(destination, messages),
+        { concurrency: "unbounded", discard: true }
       )
-    const inbound = (scope: Scope.Scope, delivery: MessageReceiver.Delivery) =>
-      Effect.gen(function*() {
+    }
+
+    const inbound = (
+      delivery: MessageReceiver.Delivery,
+      tracked: Receiver.TrackedDelivery | undefined
+    ): Effect.Effect<Inbound> =>
+      Effect.suspend(() => {
         const message = delivery.message
         let lockedUntil = message.lockedUntil?.getTime()
         const renew = Effect.tap(delivery.renewLock, (until) =>
           Effect.sync(() => {
             lockedUntil = until.getTime()
           }))
-        const fiber = renewal === false || lockedUntil === undefined
-          ? undefined
-          : yield* Effect.forkIn(Effect.interruptible(renewalLoop(message, renew, renewal ?? {})), scope)
-        const stopRenewal = fiber === undefined ? Effect.void : Fiber.interrupt(fiber)
-        // A settlement answered after the lock ran out can only fail: it is given up then, so
-        // that a message received before a connection was lost (whose settlement may never be
-        // answered) is delivered again rather than holding its slot.
-        const settle = (settlement: Settlement): Effect.Effect<void, SettleError> =>
-          Effect.zipRight(
-            stopRenewal,
-            Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              lockedUntil === undefined
-                ? delivery.settle(settlement)
-                // Interruptible: the processor settles in an uninterruptible region, where the
-                // timeout would otherwise wait for the settlement it gives up on.
-                : Effect.timeoutFail(Effect.interruptible(delivery.settle(settlement)), {
-                  duration: Duration.millis(Math.max(0, lockedUntil - now) + settleGraceMillis),
-                  onTimeout: () =>
-                    new MessageLockLost({
-                      operation: settlement._tag.toLowerCase(),
-                      entity: message.entity,
-                      ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
-                      ...(message.lockToken === undefined ? {} : { lockToken: message.lockToken }),
-                      reason: "no answer before the lock expired"
-                    })
-                }))
-          )
-        const item: Inbound = {
-          message: delivery.message,
-          commit: (settlement, sends) =>
-            sends.length === 0
-              ? settle(settlement)
-              : Effect.forEach(
-                groupSends(sends),
-                ([destination, messages]) => sender.send(destination, messages),
-                { concurrency: "unbounded", discard: true }
-              ).pipe(Effect.zipRight(settle(settlement))),
-          settle,
-          release: stopRenewal
+        const make = (stopRenewal: Effect.Effect<void>): Inbound => {
+          // A settlement answered after the lock ran out can only fail: it is given up then, so
+          // that a message received before a connection was lost (whose settlement may never be
+          // answered) is delivered again rather than holding its slot.
+          const late = (settlement: Settlement) => () =>
+            new MessageLockLost({
+              operation: settlement._tag.toLowerCase(),
+              entity: message.entity,
+              ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
+              ...(message.lockToken === undefined ? {} : { lockToken: message.lockToken }),
+              reason: "no answer before the lock expired"
+            })
+          const bounded = (settlement: Settlement): Effect.Effect<void, SettleError> => {
+            if (lockedUntil === undefined) return delivery.settle(settlement)
+            // The receiver's own timer for the call bounds it: no race of fibers per settlement.
+            if (tracked !== undefined) {
+              return tracked.settleBy(settlement, { at: lockedUntil + settleGraceMillis, late: late(settlement) })
+            }
+            const until = lockedUntil
+            return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              // Interruptible: the processor settles in an uninterruptible region, where the
+              // timeout would otherwise wait for the settlement it gives up on.
+              Effect.timeoutFail(Effect.interruptible(delivery.settle(settlement)), {
+                duration: Duration.millis(Math.max(0, until - now) + settleGraceMillis),
+                onTimeout: late(settlement)
+              }))
+          }
+          const settle = (settlement: Settlement): Effect.Effect<void, SettleError> =>
+            Effect.zipRight(stopRenewal, boundSettlements ? bounded(settlement) : delivery.settle(settlement))
+          return {
+            message,
+            commit: (settlement, sends) =>
+              sends.length === 0 ? settle(settlement) : Effect.zipRight(send(sends), settle(settlement)),
+            settle,
+            release: stopRenewal
+          }
         }
-        return item
+        if (renewals === undefined || lockedUntil === undefined) return Effect.succeed(make(Effect.void))
+        return Effect.map(renewals.keep(message, renew), make)
       })
+
+    if (internals !== undefined && tracker !== undefined) {
+      const abandonAll = (deliveries: ReadonlyArray<Receiver.TrackedDelivery>) =>
+        Effect.forEach(deliveries, (delivery) => delivery.isSettled() ? Effect.void : delivery.abandonQuietly, {
+          discard: true
+        })
+      const receiveSome = (maxMessages: number, maxWait: Duration.Duration, lane: number) =>
+        internals.receive(options.source, maxMessages, maxWait, tracker, lane)
+      return {
+        lanes,
+        receive: (maxMessages, maxWait, lane) => {
+          const received: Array<Receiver.TrackedDelivery> = []
+          return Effect.gen(function*() {
+            const first = yield* receiveSome(1, maxWait, lane)
+            received.push(...first)
+            if (first.length > 0 && maxMessages > 1) {
+              const more = yield* receiveSome(maxMessages - 1, followUpWait, lane).pipe(
+                Effect.catchAll((error) =>
+                  Effect.as(Effect.logDebug("Receiving more messages failed; handling those received", error), [])
+                )
+              )
+              received.push(...more)
+            }
+            const items = yield* Effect.forEach(received, (delivery) => inbound(delivery, delivery))
+            // Whatever is left unsettled once the batch is done with (a release) is abandoned.
+            return { items, done: abandonAll(received) }
+          }).pipe(
+            // Interrupted or failed before the batch is handed over: its deliveries are abandoned.
+            Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : abandonAll(received))
+          )
+        }
+      }
+    }
+
+    // Any other receiver: deliveries belong to the scope of their receive, closed once the batch
+    // is done (which abandons whatever was left unsettled).
+    const receiveInto = (scope: Scope.Scope, maxMessages: number, maxWait: Duration.Duration) =>
+      receiver.receive(options.source, { maxMessages, maxWaitTime: maxWait, lockRenewal: false }).pipe(
+        Scope.extend(scope)
+      )
     return {
+      lanes: 1,
       receive: (maxMessages, maxWait) =>
         Effect.flatMap(Scope.fork(parent, { _tag: "Sequential" }), (scope) =>
           Effect.gen(function*() {
@@ -199,7 +367,7 @@ const openPorts = (
                   Effect.as(Effect.logDebug("Receiving more messages failed; handling those received", error), [])
                 )
               )
-            const items = yield* Effect.forEach([...first, ...more], (delivery) => inbound(scope, delivery))
+            const items = yield* Effect.forEach([...first, ...more], (delivery) => inbound(delivery, undefined))
             return { items, done: Scope.close(scope, Exit.void) }
           }).pipe(
             // Interrupted or failed before the batch is handed over: its deliveries are abandoned.
@@ -215,7 +383,7 @@ export const memory: TransportImpl<MessageReceiver.MessageReceiver | MessageSend
     Effect.gen(function*() {
       const receiver = yield* MessageReceiver.MessageReceiver
       const sender = yield* MessageSender.MessageSender
-      return yield* openPorts(receiver, sender, options)
+      return yield* openPorts(receiver, sender, options, false, 1)
     })
 }
 
@@ -257,7 +425,7 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
         // renewal does not pay for it while a lock runs out.
         yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
       }
-      return yield* openPorts(receiver, sender, open)
+      return yield* openPorts(receiver, sender, open, true, Math.min(open.concurrency, maxLanes))
     })
 })
 
@@ -370,9 +538,15 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
           client.retry as Schedule.Schedule<unknown, TransientError>
         )
 
-      const renewals = yield* FiberMap.make<string>()
+      const renewals = open.lockRenewal === false ? undefined : yield* makeRenewals(open.lockRenewal ?? {})
+      const stops = new Map<string, Effect.Effect<void>>()
       const stopRenewal = (message: ReceivedMessage) =>
-        message.lockToken === undefined ? Effect.void : FiberMap.remove(renewals, message.lockToken)
+        Effect.suspend(() => {
+          const stop = message.lockToken === undefined ? undefined : stops.get(message.lockToken)
+          if (stop === undefined) return Effect.void
+          stops.delete(message.lockToken!)
+          return stop
+        })
 
       // A message can only be settled on the link that received it: once that link's connection
       // is known to be lost, settling it would only wait for an answer that never comes. Its lock
@@ -413,18 +587,15 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
       })
 
       const link: Link = {
+        lanes: 1,
         receive: (maxMessages, maxWait) =>
           Effect.gen(function*() {
             const h = yield* current
             const messages = yield* h.session.receive(maxMessages, { maxWait }).pipe(onLost(h))
-            if (open.lockRenewal !== false) {
+            if (renewals !== undefined) {
               for (const message of messages) {
                 if (message.lockToken !== undefined) {
-                  yield* FiberMap.run(
-                    renewals,
-                    message.lockToken,
-                    Effect.interruptible(renewalLoop(message, renewLock(message), open.lockRenewal ?? {}))
-                  )
+                  stops.set(message.lockToken, yield* renewals.keep(message, renewLock(message)))
                 }
               }
             }

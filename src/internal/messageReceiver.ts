@@ -2,8 +2,8 @@
 // raw deliveries and settles them; this module adds what must behave identically on both, so
 // that the conformance suite tests it once: settle-once, lock renewal on a fiber, abandon of
 // unsettled deliveries when their scope closes, retries of transient failures, and spans.
-import type { Schedule } from "effect"
-import { Chunk, Clock, Duration, Effect, Fiber, FiberSet, Option, Scope, Stream } from "effect"
+import type { Schedule, Tracer } from "effect"
+import { Chunk, Clock, Duration, Effect, Fiber, FiberRef, FiberSet, Option, Scope, Stream } from "effect"
 import type { ReceivedMessage } from "../Message.js"
 import type {
   Delivery,
@@ -20,8 +20,17 @@ import { retryTransient } from "./messageRetry.js"
 
 export interface RawDelivery {
   readonly message: ReceivedMessage
-  readonly settle: (settlement: Settlement) => Effect.Effect<void, SettleError>
+  /**
+   * Settles. With a deadline (in `Clock` milliseconds), a settlement not answered by then fails
+   * with `late()` instead; a backend that always answers at once may ignore it.
+   */
+  readonly settle: (settlement: Settlement, deadline?: Deadline) => Effect.Effect<void, SettleError>
   readonly renewLock: Effect.Effect<Date, SettleError>
+}
+
+export interface Deadline {
+  readonly at: number
+  readonly late: () => SettleError
 }
 
 export interface ReceiverLink {
@@ -46,6 +55,27 @@ export interface ReceiverBackend {
   readonly retry: Schedule.Schedule<unknown, TransientError>
 }
 
+// The tracer a runtime has when the application installs none: its spans go nowhere.
+let nativeTracer: Tracer.Tracer | undefined
+
+/**
+ * Whether the fiber's spans can be seen: a tracer other than the native one (an exporter), with
+ * tracing enabled. Spans on the per-message path are built only then: a span no one can see costs
+ * more than the operation it would describe.
+ */
+export const isTracing = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
+  nativeTracer ??= Effect.runSync(Effect.tracer)
+  return fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
+}
+
+/** `Effect.withSpan` when a tracer can see the span; the effect alone otherwise. */
+export const withSpanIfTracing = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  name: string,
+  options: () => Tracer.SpanOptions
+): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => isTracing(fiber) ? Effect.withSpan(effect, name, options()) : effect)
+
 export const entityPath = (source: Source): string => {
   const base = source._tag === "Queue" ? source.queue : `${source.topic}/Subscriptions/${source.subscription}`
   return source.deadLetter ? `${base}/$DeadLetterQueue` : base
@@ -57,7 +87,7 @@ const defaultMaxRenewal = Duration.minutes(5)
 // Below this, renewing would be a busy loop; a lock that short cannot be kept anyway.
 const minRenewalIntervalMillis = 50
 
-interface Tracker {
+export interface Tracker {
   readonly unsettled: Set<DeliveryImpl>
   readonly fibers: FiberSet.FiberSet
 }
@@ -112,94 +142,152 @@ const makeDelivery = (
   lockRenewal: LockRenewalOptions | false | undefined,
   retry: Schedule.Schedule<unknown, TransientError>
 ): Effect.Effect<Delivery> =>
-  Effect.gen(function*() {
-    const message = raw.message
-    let settledWith: Settlement | undefined
-    let renewal: Fiber.RuntimeFiber<void> | undefined
-    const stopRenewal = Effect.suspend(() => renewal === undefined ? Effect.void : Fiber.interrupt(renewal))
-    const attributes = {
-      entity: message.entity,
-      messageId: message.messageId ?? "",
-      sequenceNumber: String(message.sequenceNumber)
-    }
-
-    const settle = (settlement: Settlement): Effect.Effect<void, SettleError> =>
-      Effect.suspend(() => {
-        if (settledWith !== undefined) {
-          return Effect.fail(
-            new AlreadySettled({
-              entity: message.entity,
-              messageId: message.messageId,
-              settlement: settledWith._tag,
-              attempted: settlement._tag
-            })
-          )
-        }
-        settledWith = settlement
-        tracker.unsettled.delete(delivery)
-        return stopRenewal.pipe(
-          Effect.zipRight(retryTransient(raw.settle(settlement), retry)),
-          Effect.tapError((error) =>
-            // A transient failure left the message as it was: let the caller settle it again.
-            isTransient(error)
-              ? Effect.sync(() => {
-                settledWith = undefined
-                tracker.unsettled.add(delivery)
-              })
-              : Effect.void
-          ),
-          Effect.withSpan("MessageReceiver.settle", { attributes: { ...attributes, settlement: settlement._tag } })
-        )
-      })
-
-    const delivery: DeliveryImpl = {
-      message,
-      source,
-      settle,
-      complete: settle({ _tag: "Complete" }),
-      abandon: (properties) => settle(properties === undefined ? { _tag: "Abandon" } : { _tag: "Abandon", properties }),
-      deadLetter: (options) => settle({ _tag: "DeadLetter", ...options }),
-      defer: (properties) => settle(properties === undefined ? { _tag: "Defer" } : { _tag: "Defer", properties }),
-      renewLock: Effect.suspend(() =>
-        settledWith === undefined
-          ? retryTransient(raw.renewLock, retry)
-          : Effect.fail(
-            new AlreadySettled({
-              entity: message.entity,
-              messageId: message.messageId,
-              settlement: settledWith._tag,
-              attempted: "renewLock"
-            })
-          )
-      ).pipe(Effect.withSpan("MessageReceiver.renewLock", { attributes })),
-      settlement: Effect.sync(() => Option.fromNullable(settledWith)),
-      // Used when the owning scope closes: no retries, a short time limit, failures only logged,
-      // since the lock expires by itself anyway.
-      abandonQuietly: Effect.suspend(() => {
-        if (settledWith !== undefined) return Effect.void
-        settledWith = { _tag: "Abandon" }
-        tracker.unsettled.delete(delivery)
-        // Runs from a scope's finalizer, where a plain timeout would not bound it.
-        return closeWithin(
-          stopRenewal.pipe(
-            Effect.zipRight(raw.settle({ _tag: "Abandon" })),
-            Effect.catchAllCause((cause) =>
-              Effect.logDebug("Abandoning an unsettled delivery failed; its lock will expire", cause)
-            )
-          ),
-          "5 seconds",
-          "Abandoning an unsettled delivery"
-        ).pipe(Effect.annotateLogs(attributes))
-      })
-    }
-    tracker.unsettled.add(delivery)
-    if (lockRenewal !== false && message.lockedUntil !== undefined) {
-      // Explicitly interruptible: deliveries are wrapped in an uninterruptible region, and a forked
-      // fiber inherits that, which would make `stopRenewal` wait for ever.
-      renewal = yield* FiberSet.run(tracker.fibers, Effect.interruptible(renewalLoop(raw, lockRenewal ?? {}, retry)))
-    }
-    return delivery
+  Effect.suspend(() => {
+    const delivery = makeTracked(source, raw, tracker, retry)
+    if (lockRenewal === false || raw.message.lockedUntil === undefined) return Effect.succeed(delivery)
+    // Explicitly interruptible: deliveries are wrapped in an uninterruptible region, and a forked
+    // fiber inherits that, which would make `stopRenewal` wait for ever.
+    return Effect.map(
+      FiberSet.run(tracker.fibers, Effect.interruptible(renewalLoop(raw, lockRenewal ?? {}, retry))),
+      (fiber) => {
+        delivery.renewWith(fiber)
+        return delivery
+      }
+    )
   })
+
+/** A delivery that the caller tracks itself: abandoned quietly when given up, settled or not. */
+export interface TrackedDelivery extends DeliveryImpl {
+  readonly isSettled: () => boolean
+  /** Settles, giving up with `deadline.late()` when the settlement is not answered in time. */
+  readonly settleBy: (settlement: Settlement, deadline: Deadline) => Effect.Effect<void, SettleError>
+  readonly renewWith: (fiber: Fiber.RuntimeFiber<void>) => void
+}
+
+const makeTracked = (
+  source: Source,
+  raw: RawDelivery,
+  tracker: Tracker,
+  retry: Schedule.Schedule<unknown, TransientError>
+): TrackedDelivery => {
+  const message = raw.message
+  let settledWith: Settlement | undefined
+  let renewal: Fiber.RuntimeFiber<void> | undefined
+  const stopRenewal = Effect.suspend(() => renewal === undefined ? Effect.void : Fiber.interrupt(renewal))
+  const attributes = () => ({
+    entity: message.entity,
+    messageId: message.messageId ?? "",
+    sequenceNumber: String(message.sequenceNumber)
+  })
+
+  const settle = (settlement: Settlement, deadline?: Deadline): Effect.Effect<void, SettleError> =>
+    Effect.suspend(() => {
+      if (settledWith !== undefined) {
+        return Effect.fail(
+          new AlreadySettled({
+            entity: message.entity,
+            messageId: message.messageId,
+            settlement: settledWith._tag,
+            attempted: settlement._tag
+          })
+        )
+      }
+      settledWith = settlement
+      tracker.unsettled.delete(delivery)
+      return stopRenewal.pipe(
+        Effect.zipRight(retryTransient(raw.settle(settlement, deadline), retry)),
+        Effect.tapError((error) =>
+          // A transient failure left the message as it was: let the caller settle it again.
+          isTransient(error)
+            ? Effect.sync(() => {
+              settledWith = undefined
+              tracker.unsettled.add(delivery)
+            })
+            : Effect.void
+        ),
+        (effect) =>
+          withSpanIfTracing(effect, "MessageReceiver.settle", () => ({
+            captureStackTrace: false,
+            attributes: { ...attributes(), settlement: settlement._tag }
+          }))
+      )
+    })
+
+  const delivery: TrackedDelivery = {
+    isSettled: () => settledWith !== undefined,
+    settleBy: settle,
+    renewWith: (fiber) => {
+      renewal = fiber
+    },
+    message,
+    source,
+    settle,
+    complete: settle({ _tag: "Complete" }),
+    abandon: (properties) => settle(properties === undefined ? { _tag: "Abandon" } : { _tag: "Abandon", properties }),
+    deadLetter: (options) => settle({ _tag: "DeadLetter", ...options }),
+    defer: (properties) => settle(properties === undefined ? { _tag: "Defer" } : { _tag: "Defer", properties }),
+    renewLock: Effect.suspend(() =>
+      settledWith === undefined
+        ? retryTransient(raw.renewLock, retry)
+        : Effect.fail(
+          new AlreadySettled({
+            entity: message.entity,
+            messageId: message.messageId,
+            settlement: settledWith._tag,
+            attempted: "renewLock"
+          })
+        )
+    ).pipe((effect) =>
+      withSpanIfTracing(
+        effect,
+        "MessageReceiver.renewLock",
+        () => ({ captureStackTrace: false, attributes: attributes() })
+      )
+    ),
+    settlement: Effect.sync(() => Option.fromNullable(settledWith)),
+    // Used when the owning scope closes: no retries, a short time limit, failures only logged,
+    // since the lock expires by itself anyway.
+    abandonQuietly: Effect.suspend(() => {
+      if (settledWith !== undefined) return Effect.void
+      settledWith = { _tag: "Abandon" }
+      tracker.unsettled.delete(delivery)
+      // Runs from a scope's finalizer, where a plain timeout would not bound it.
+      return closeWithin(
+        stopRenewal.pipe(
+          Effect.zipRight(raw.settle({ _tag: "Abandon" })),
+          Effect.catchAllCause((cause) =>
+            Effect.logDebug("Abandoning an unsettled delivery failed; its lock will expire", cause)
+          )
+        ),
+        "5 seconds",
+        "Abandoning an unsettled delivery"
+      ).pipe(Effect.annotateLogs(attributes()))
+    })
+  }
+  tracker.unsettled.add(delivery)
+  return delivery
+}
+
+/**
+ * What the processor uses instead of `receive`: deliveries without lock renewal, tracked by a
+ * tracker the caller keeps for as long as it likes (one per link, rather than a scope per call),
+ * which abandons whatever is unsettled when its scope closes.
+ */
+export interface ReceiverInternals {
+  readonly makeTracker: Effect.Effect<Tracker, never, Scope.Scope>
+  readonly receive: (
+    source: Source,
+    maxMessages: number,
+    maxWait: Duration.Duration,
+    tracker: Tracker,
+    lane: number
+  ) => Effect.Effect<ReadonlyArray<TrackedDelivery>, ReceiveError>
+}
+
+const internals = new WeakMap<MessageReceiverService, ReceiverInternals>()
+
+/** The internals of a receiver made by `make`; undefined for any other implementation. */
+export const internalsOf = (receiver: MessageReceiverService): ReceiverInternals | undefined => internals.get(receiver)
 
 const keyOf = (source: Source): string => entityPath(source).toLowerCase()
 
@@ -212,14 +300,20 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
     // call at a time (the SDK refuses concurrent receives on one receiver).
     const links = new Map<string, { readonly link: ReceiverLink; readonly lock: Effect.Semaphore }>()
     const linksLock = yield* Effect.makeSemaphore(1)
-    const cachedLink = (source: Source) =>
+    // `lane` tells apart links on the same source, for callers that receive on several at once.
+    const cachedLink = (source: Source, lane = 0) => {
+      const found = links.get(lane === 0 ? keyOf(source) : `${keyOf(source)}#${lane}`)
+      return found !== undefined ? Effect.succeed(found) : openLink(source, lane)
+    }
+    const openLink = (source: Source, lane: number) =>
       linksLock.withPermits(1)(Effect.suspend(() => {
-        const existing = links.get(keyOf(source))
+        const key = lane === 0 ? keyOf(source) : `${keyOf(source)}#${lane}`
+        const existing = links.get(key)
         if (existing !== undefined) return Effect.succeed(existing)
         return Effect.gen(function*() {
           const link = yield* Scope.extend(backend.open(source), layerScope)
           const entry = { link, lock: yield* Effect.makeSemaphore(1) }
-          links.set(keyOf(source), entry)
+          links.set(key, entry)
           return entry
         })
       }))
@@ -230,6 +324,26 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
       tracker: Tracker,
       options: Pick<ReceiveOptions, "lockRenewal"> | undefined
     ) => Effect.forEach(raws, (raw) => makeDelivery(source, raw, tracker, options?.lockRenewal, backend.retry))
+
+    const internal: ReceiverInternals = {
+      makeTracker,
+      receive: (source, maxMessages, maxWait, tracker) =>
+        Effect.flatMap(
+          retrying(cachedLink(source)),
+          ({ link, lock }) =>
+            Effect.uninterruptibleMask((restore) =>
+              Effect.map(
+                restore(lock.withPermits(1)(retrying(link.receive(maxMessages, maxWait)))),
+                (raws) => raws.map((raw) => makeTracked(source, raw, tracker, backend.retry))
+              )
+            )
+        ).pipe((effect) =>
+          withSpanIfTracing(effect, "MessageReceiver.receive", () => ({
+            captureStackTrace: false,
+            attributes: { entity: entityPath(source) }
+          }))
+        )
+    }
 
     const service: MessageReceiverService = {
       stream: (source, options) =>
@@ -260,7 +374,12 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
               Effect.flatMap((raws) => wrapAll(source, raws, tracker, options))
             )
           )
-        }).pipe(Effect.withSpan("MessageReceiver.receive", { attributes: { entity: entityPath(source) } })),
+        }).pipe((effect) =>
+          withSpanIfTracing(effect, "MessageReceiver.receive", () => ({
+            captureStackTrace: false,
+            attributes: { entity: entityPath(source) }
+          }))
+        ),
 
       receiveDeferred: (source, sequenceNumbers, options) =>
         Effect.gen(function*() {
@@ -281,5 +400,6 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
           Effect.withSpan("MessageReceiver.peek", { attributes: { entity: entityPath(source) } })
         )
     }
+    internals.set(service, internal)
     return service
   })

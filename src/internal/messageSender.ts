@@ -7,6 +7,7 @@ import type { MessageSenderService, SendResult } from "../MessageSender.js"
 import type { SendError } from "../ServiceBusError.js"
 import type { Checked } from "./messageCodec.js"
 import { checkAll } from "./messageCodec.js"
+import { withSpanIfTracing } from "./messageReceiver.js"
 
 export interface SenderBackend {
   readonly send: (
@@ -37,14 +38,15 @@ export const make = (backend: SenderBackend): MessageSenderService => ({
         checkAll(destination, messages).pipe(
           Effect.flatMap((checked) => backend.send(destination, checked, options?.split === true)),
           // No stack trace capture: it would cost more than the rest of the span on every send.
-          Effect.withSpan("MessageSender.send", {
-            captureStackTrace: false,
-            attributes: {
-              entity: destination,
-              messageId: messages[0].messageId,
-              messageCount: messages.length
-            }
-          })
+          (effect) =>
+            withSpanIfTracing(effect, "MessageSender.send", () => ({
+              captureStackTrace: false,
+              attributes: {
+                entity: destination,
+                messageId: messages[0].messageId,
+                messageCount: messages.length
+              }
+            }))
         )
       )
     )

@@ -2,16 +2,17 @@
 // renewal off (the shared receiver renews on its own fiber, so that one policy applies) and
 // bodies left as bytes (parsed here, so a body that is not JSON is reported, not guessed at).
 import type { ServiceBusReceivedMessage, ServiceBusReceiver, ServiceBusReceiverOptions } from "@azure/service-bus"
-import { Duration, Effect, Scope } from "effect"
+import { Clock, Duration, Effect, Either, Scope } from "effect"
 import Long from "long"
 import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
 import type { ReceiveError, SettleError } from "../ServiceBusError.js"
 import { MessageNotFound, OperationTimeout } from "../ServiceBusError.js"
-import { boundedPromise } from "./amqp/callbackWait.js"
+import type { Start } from "./amqp/callbackWait.js"
+import { awaitCallback, boundedPromise } from "./amqp/callbackWait.js"
 import { closeWithin } from "./closeWithin.js"
 import { fromSdkMessage } from "./messageCodec.js"
-import type { RawDelivery, ReceiverBackend } from "./messageReceiver.js"
+import type { Deadline, RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { receiveError, settleError } from "./serviceBusErrors.js"
@@ -32,13 +33,92 @@ const call = <A>(context: ErrorContext, limit: Duration.Duration, f: (signal: Ab
     onTimeout: timedOut(context, limit)
   })
 
-const callSettle = <A>(context: ErrorContext, limit: Duration.Duration, f: () => Promise<A>) =>
-  boundedPromise<A, SettleError, OperationTimeout>(() => f(), (cause) => settleError(cause, context), {
-    timeout: limit,
-    onTimeout: timedOut(context, limit)
-  })
+// A settlement takes no abort signal: the wait for its promise is bounded without one.
+const settleStart =
+  <A>(f: () => Promise<A>, onError: (cause: unknown) => SettleError): Start<A, SettleError> => (finish) => {
+    try {
+      f().then((value) => finish(Either.right(value)), (cause) => finish(Either.left(onError(cause))))
+    } catch (cause) {
+      finish(Either.left(onError(cause)))
+    }
+    return () => undefined
+  }
+
+const callSettle = <A>(context: ErrorContext, limit: Duration.Duration, f: () => Promise<A>, deadline?: Deadline) =>
+  deadline === undefined
+    ? awaitCallback<A, SettleError, OperationTimeout>(settleStart(f, (cause) => settleError(cause, context)), {
+      timeout: limit,
+      onTimeout: timedOut(context, limit)
+    })
+    // The one timer of the call serves both limits: whichever comes first.
+    : Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const left = Math.max(0, deadline.at - now)
+      const start = settleStart(f, (cause) => settleError(cause, context))
+      return left < Duration.toMillis(limit)
+        ? awaitCallback<A, SettleError, SettleError>(start, {
+          timeout: Duration.millis(left),
+          onTimeout: deadline.late
+        })
+        : awaitCallback<A, SettleError, OperationTimeout>(start, {
+          timeout: limit,
+          onTimeout: timedOut(context, limit)
+        })
+    })
 
 const toLong = (value: bigint): Long => Long.fromString(value.toString())
+
+/** Runs an effect shared (with other shared ones) or alone; first come, first served. */
+type Gate = <A, E, R>(alone: boolean, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+interface GateWaiter {
+  readonly alone: boolean
+  readonly wake: () => void
+  granted: boolean
+}
+
+const makeGate = (): Gate => {
+  let shared = 0
+  let exclusive = false
+  const waiting: Array<GateWaiter> = []
+  const free = (alone: boolean) => alone ? !exclusive && shared === 0 : !exclusive
+  const take = (alone: boolean) => {
+    if (alone) exclusive = true
+    else shared++
+  }
+  const pump = () => {
+    while (waiting.length > 0 && free(waiting[0].alone)) {
+      const waiter = waiting.shift()!
+      take(waiter.alone)
+      waiter.granted = true
+      waiter.wake()
+    }
+  }
+  const release = (alone: boolean) => {
+    if (alone) exclusive = false
+    else shared--
+    pump()
+  }
+  const acquire = (alone: boolean) =>
+    Effect.async<void>((resume) => {
+      if (waiting.length === 0 && free(alone)) {
+        take(alone)
+        return resume(Effect.void)
+      }
+      const waiter: GateWaiter = { alone, granted: false, wake: () => resume(Effect.void) }
+      waiting.push(waiter)
+      return Effect.sync(() => {
+        if (waiter.granted) return release(alone)
+        const index = waiting.indexOf(waiter)
+        if (index !== -1) waiting.splice(index, 1)
+        pump()
+      })
+    })
+  const releaseEffect = (alone: boolean) => Effect.sync(() => release(alone))
+  return (alone, effect) =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.zipRight(restore(acquire(alone)), Effect.ensuring(restore(effect), releaseEffect(alone)))
+    )
+}
 
 export const make = (
   options: ServiceBusOptions
@@ -68,47 +148,61 @@ export const make = (
         closeQuietly
       )
 
-    // Settlements through one SDK receiver go one at a time. rhea (3.x) writes the dispositions
-    // of one tick as ranges of consecutive delivery ids, and compares states only once a range
-    // holds two deliveries: a dead-letter and an abandon written together for deliveries n and
-    // n + 1 go out as one frame with the dead-letter's state, so the abandoned message would be
-    // dead-lettered too. The SDK waits for the broker's answer to each settlement, so with one
-    // at a time no two dispositions of a receiver are ever written in the same tick.
-    const settleLocks = new WeakMap<ServiceBusReceiver, Effect.Semaphore>()
-    const settleLockOf = (receiver: ServiceBusReceiver): Effect.Semaphore => {
-      let lock = settleLocks.get(receiver)
-      if (lock === undefined) {
-        lock = Effect.unsafeMakeSemaphore(1)
-        settleLocks.set(receiver, lock)
+    // Settlements through one SDK receiver are ordered by a gate. rhea (3.x) writes the
+    // dispositions of one tick as ranges of consecutive delivery ids, and compares states only
+    // once a range holds two deliveries: a dead-letter and an abandon written together for
+    // deliveries n and n + 1 go out as one frame with the dead-letter's state, so the abandoned
+    // message would be dead-lettered too. Completions all write the same state (accepted, with
+    // nothing else), so any number of them may be written together; every other settlement
+    // (whose state carries a reason or properties) goes alone. The SDK waits for the broker's
+    // answer to each settlement, so two dispositions with different states are never written in
+    // the same tick.
+    const settleGates = new WeakMap<ServiceBusReceiver, Gate>()
+    const settleGateOf = (receiver: ServiceBusReceiver): Gate => {
+      let gate = settleGates.get(receiver)
+      if (gate === undefined) {
+        gate = makeGate()
+        settleGates.set(receiver, gate)
       }
-      return lock
+      return gate
     }
 
     const rawDelivery = (receiver: ServiceBusReceiver, entity: string, sdk: ServiceBusReceivedMessage): RawDelivery => {
       const message = fromSdkMessage(entity, sdk, false)
-      const settleLock = settleLockOf(receiver)
+      const gate = settleGateOf(receiver)
       const context = (operation: string): ErrorContext => ({
         operation,
         entity,
         messageId: message.messageId,
         lockToken: message.lockToken
       })
-      const settle = (settlement: Settlement) => settleLock.withPermits(1)(settleOnce(settlement))
-      const settleOnce = (settlement: Settlement) => {
+      const settle = (settlement: Settlement, deadline?: Deadline) =>
+        gate(settlement._tag !== "Complete", settleOnce(settlement, deadline))
+      const settleOnce = (settlement: Settlement, deadline: Deadline | undefined) => {
         switch (settlement._tag) {
           case "Complete":
-            return callSettle(context("complete"), limit, () => receiver.completeMessage(sdk))
+            return callSettle(context("complete"), limit, () => receiver.completeMessage(sdk), deadline)
           case "Abandon":
-            return callSettle(context("abandon"), limit, () => receiver.abandonMessage(sdk, settlement.properties))
+            return callSettle(
+              context("abandon"),
+              limit,
+              () => receiver.abandonMessage(sdk, settlement.properties),
+              deadline
+            )
           case "Defer":
-            return callSettle(context("defer"), limit, () => receiver.deferMessage(sdk, settlement.properties))
+            return callSettle(
+              context("defer"),
+              limit,
+              () => receiver.deferMessage(sdk, settlement.properties),
+              deadline
+            )
           case "DeadLetter":
             return callSettle(context("deadLetter"), limit, () =>
               receiver.deadLetterMessage(sdk, {
                 ...settlement.properties,
                 deadLetterReason: settlement.reason,
                 deadLetterErrorDescription: settlement.description ?? ""
-              }))
+              }), deadline)
         }
       }
       return {
@@ -141,11 +235,14 @@ export const make = (
     ) =>
       Effect.suspend(() => {
         const key = Receiver.entityPath(source).toLowerCase()
-        return Effect.flatMap(sharedReceiver(source, key), (receiver) =>
-          Effect.tapError(f(receiver), (error) =>
-            (error._tag === "ConnectionLost" || error._tag === "OperationTimeout") && shared.get(key) === receiver
-              ? Effect.sync(() => shared.delete(key))
-              : Effect.void))
+        return Effect.flatMap(
+          sharedReceiver(source, key),
+          (receiver) =>
+            Effect.tapError(f(receiver), (error) =>
+              (error._tag === "ConnectionLost" || error._tag === "OperationTimeout") && shared.get(key) === receiver
+                ? Effect.sync(() => shared.delete(key))
+                : Effect.void)
+        )
       })
 
     const backend: ReceiverBackend = {

@@ -17,7 +17,7 @@ import {
 import { boundedPromise } from "./amqp/callbackWait.js"
 import { closeWithin } from "./closeWithin.js"
 import type { Checked } from "./messageCodec.js"
-import { defaultMaxBatchBytes, encodeBodies, sizeAlone, toSdkMessage } from "./messageCodec.js"
+import { defaultMaxBatchBytes, encodeBodies, fitsAlone, sizeAlone, toSdkMessage } from "./messageCodec.js"
 import { retryTransient } from "./messageRetry.js"
 import * as Sender from "./messageSender.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
@@ -165,6 +165,17 @@ export const make = (
 
         // The common case in one promise: one batch that takes every message, sent at once.
         // Anything else (an invalid or oversized message, several batches) goes the long way.
+        // One message that certainly fits, on a link whose limit is known: sent as it is, as
+        // the SDK sends a single message (a batch would be written twice, once to size it).
+        const known = limits.get(key)
+        if (messages.length === 1 && known !== undefined && fitsAlone(messages[0], known.maxBytes)) {
+          yield* retryTransient(
+            attempt(destination, context, (sender) => sender.sendMessages(sdkMessages[0])),
+            retry
+          )
+          return { messageCount: 1, batchCount: 1 }
+        }
+
         const first = yield* retryTransient(
           attempt(destination, context, async (sender) => {
             const batch = await createBatch(sender, key)
