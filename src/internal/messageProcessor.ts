@@ -46,7 +46,7 @@ import { MessageEncodeError } from "../ServiceBusError.js"
 import { isTransient as isTransactionTransient } from "../ServiceBusTransaction.js"
 import type { Dispatch, Inbound } from "./messageProcessorTransport.js"
 import { implOf } from "./messageProcessorTransport.js"
-import { isTracing } from "./messageReceiver.js"
+import { isTracing } from "./tracing.js"
 
 export const propertyNames = {
   retryCount: "retryCount",

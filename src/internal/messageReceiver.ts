@@ -2,8 +2,8 @@
 // raw deliveries and settles them; this module adds what must behave identically on both, so
 // that the conformance suite tests it once: settle-once, lock renewal on a fiber, abandon of
 // unsettled deliveries when their scope closes, retries of transient failures, and spans.
-import type { Schedule, Tracer } from "effect"
-import { Chunk, Clock, Duration, Effect, Fiber, FiberRef, FiberSet, Option, Scope, Stream } from "effect"
+import type { Schedule } from "effect"
+import { Chunk, Clock, Duration, Effect, Fiber, FiberSet, Option, Scope, Stream } from "effect"
 import type { ReceivedMessage } from "../Message.js"
 import type {
   Delivery,
@@ -17,6 +17,7 @@ import type { ReceiveError, SettleError, TransientError } from "../ServiceBusErr
 import { AlreadySettled, isTransient } from "../ServiceBusError.js"
 import { closeWithin } from "./closeWithin.js"
 import { retryTransient } from "./messageRetry.js"
+import { withSpanIfTracing } from "./tracing.js"
 
 export interface RawDelivery {
   readonly message: ReceivedMessage
@@ -54,27 +55,6 @@ export interface ReceiverBackend {
   ) => Effect.Effect<ReadonlyArray<ReceivedMessage>, ReceiveError>
   readonly retry: Schedule.Schedule<unknown, TransientError>
 }
-
-// The tracer a runtime has when the application installs none: its spans go nowhere.
-let nativeTracer: Tracer.Tracer | undefined
-
-/**
- * Whether the fiber's spans can be seen: a tracer other than the native one (an exporter), with
- * tracing enabled. Spans on the per-message path are built only then: a span no one can see costs
- * more than the operation it would describe.
- */
-export const isTracing = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
-  nativeTracer ??= Effect.runSync(Effect.tracer)
-  return fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
-}
-
-/** `Effect.withSpan` when a tracer can see the span; the effect alone otherwise. */
-export const withSpanIfTracing = <A, E, R>(
-  effect: Effect.Effect<A, E, R>,
-  name: string,
-  options: () => Tracer.SpanOptions
-): Effect.Effect<A, E, R> =>
-  Effect.withFiberRuntime((fiber) => isTracing(fiber) ? Effect.withSpan(effect, name, options()) : effect)
 
 export const entityPath = (source: Source): string => {
   const base = source._tag === "Queue" ? source.queue : `${source.topic}/Subscriptions/${source.subscription}`

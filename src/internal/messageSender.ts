@@ -7,7 +7,7 @@ import type { MessageSenderService, SendResult } from "../MessageSender.js"
 import type { SendError } from "../ServiceBusError.js"
 import type { Checked } from "./messageCodec.js"
 import { checkAll } from "./messageCodec.js"
-import { withSpanIfTracing } from "./messageReceiver.js"
+import { withSpanIfTracing } from "./tracing.js"
 
 export interface SenderBackend {
   readonly send: (

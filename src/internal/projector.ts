@@ -11,6 +11,7 @@ import type { ProjectionStoreService, Revision } from "../ProjectionStore.js"
 import { ProjectionStore } from "../ProjectionStore.js"
 import type * as Api from "../Projector.js"
 import * as Layout from "./projectionLayout.js"
+import { isTracing } from "./tracing.js"
 
 type Tagged = { readonly _tag: string }
 
@@ -317,16 +318,6 @@ const checkDocumentId = (projection: string, documentId: string): Effect.Effect<
   documentId.startsWith(reservedPrefix) ? reserved(projection, documentId) : Effect.succeed(documentId)
 
 const ignored: Effect.Effect<Api.ProjectResult<never>> = Effect.succeed({ _tag: "Ignored" })
-
-// The tracer a runtime has when the application installs none: its spans go nowhere.
-let nativeTracer: Tracer.Tracer | undefined
-
-// Whether the fiber's spans can be seen: a tracer other than the native one (an exporter), with
-// tracing enabled. Building a span that no one can see is most of the projector's own cost.
-const isTracing = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
-  nativeTracer ??= Effect.runSync(Effect.tracer)
-  return fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
-}
 
 // The update of the event's document, in the span when there is one. A module-level function,
 // not a closure per call.
