@@ -1,11 +1,13 @@
 // The processor's transports: how messages are received, committed and settled. The atomic one
 // runs on a transactional session (recreated when its connection is lost, since a session does
 // not reconnect by itself) and renews locks through an SDK receiver's management link; the
-// others run over the MessageReceiver and MessageSender ports. Every mode renews locks with the
-// same timer (`makeRenewals`), whose first renewal is timed from the lock's expiry as received.
+// idempotent one runs over the MessageReceiver and MessageSender ports on an SDK client of its
+// own, replaced as soon as its connection drops; the memory one over the ports it is given.
+// Every mode renews locks with the same timer (`makeRenewals`), whose first renewal is timed
+// from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
 import type { Schedule } from "effect"
-import { Clock, Duration, Effect, Exit, Fiber, FiberSet, Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Scope } from "effect"
 import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
@@ -14,7 +16,7 @@ import * as MessageReceiver from "../MessageReceiver.js"
 import * as MessageSender from "../MessageSender.js"
 import * as ServiceBusClient from "../ServiceBusClient.js"
 import type { ReceiveError, SendError, ServiceError, SettleError, TransientError } from "../ServiceBusError.js"
-import { MessageLockLost } from "../ServiceBusError.js"
+import { ConnectionLost, MessageLockLost } from "../ServiceBusError.js"
 import * as ServiceBusTransaction from "../ServiceBusTransaction.js"
 import { closeWithin } from "./closeWithin.js"
 import * as Receiver from "./messageReceiver.js"
@@ -407,25 +409,152 @@ const makeClient = (options: Api.ServiceBusOptions) =>
     Effect.mapError((error): ServiceError => error)
   )
 
+// Calls `f` once the SDK client's connection drops. The SDK reconnects by itself, but not always:
+// a link whose claim went out on the dropped connection holds the lock its reconnection waits
+// for, and every call on the client then waits for the operation timeout. The connection is an
+// internal of the SDK; without it, the loss is still noticed from the errors of operations.
+const onSdkDisconnected = (sdk: ServiceBusClient.ServiceBusClient["sdk"], f: () => void): void => {
+  const context = (sdk as unknown as { readonly _connectionContext?: { readonly connection?: unknown } })
+    ._connectionContext
+  const connection = context?.connection as
+    | { readonly once?: (event: string, listener: () => void) => unknown }
+    | undefined
+  if (typeof connection?.once === "function") {
+    connection.once("disconnected", f)
+    connection.once("connection_close", f)
+  }
+}
+
+const isLossOrTimeout = (error: unknown): boolean =>
+  typeof error === "object" && error !== null && "_tag" in error &&
+  (error._tag === "ConnectionLost" || error._tag === "OperationTimeout")
+
+// One SDK client with its receiver, sender and lock renewals, for as long as its connection
+// lasts.
+interface Generation {
+  readonly scope: Scope.CloseableScope
+  readonly lost: Deferred.Deferred<void>
+  link: Link
+  isLost: boolean
+}
+
 export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never> => ({
   mode: "idempotent",
   name: "idempotent",
   open: (open) =>
     Effect.gen(function*() {
-      const client = yield* makeClient(options)
-      const receiver = yield* MessageReceiver.makeServiceBus().pipe(
-        Effect.provideService(ServiceBusClient.ServiceBusClient, client)
-      )
-      const sender = yield* MessageSender.makeServiceBus().pipe(
-        Effect.provideService(ServiceBusClient.ServiceBusClient, client)
-      )
-      if (open.lockRenewal !== false) {
-        // Renewals go through the entity's management link, which opens on its first request and
-        // is shared by the client's receivers of that entity: open it now, so that the first
-        // renewal does not pay for it while a lock runs out.
-        yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
+      const parent = yield* Effect.scope
+      const entity = MessageReceiver.entityPath(open.source)
+      const lanes = Math.min(open.concurrency, maxLanes)
+      const lock = yield* Effect.makeSemaphore(1)
+      let held: Generation | undefined
+
+      const lose = (generation: Generation) => {
+        if (generation.isLost) return
+        generation.isLost = true
+        if (held === generation) held = undefined
+        Deferred.unsafeDone(generation.lost, Exit.void)
       }
-      return yield* openPorts(receiver, sender, open, true, Math.min(open.concurrency, maxLanes))
+
+      // Each client lives in a scope of its own. Once its connection is lost, the next receive
+      // builds a new one and the old one is closed in the background, within a time limit: its
+      // messages still in a handler fail their commit at once and are delivered again.
+      const create: Effect.Effect<Generation, ServiceError> = Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const generation: Generation = {
+          scope,
+          lost: yield* Deferred.make<void>(),
+          link: undefined as unknown as Link,
+          isLost: false
+        }
+        generation.link = yield* Effect.gen(function*() {
+          const client = yield* makeClient(options)
+          onSdkDisconnected(client.sdk, () => lose(generation))
+          const receiver = yield* MessageReceiver.makeServiceBus().pipe(
+            Effect.provideService(ServiceBusClient.ServiceBusClient, client)
+          )
+          const sender = yield* MessageSender.makeServiceBus().pipe(
+            Effect.provideService(ServiceBusClient.ServiceBusClient, client)
+          )
+          if (open.lockRenewal !== false) {
+            // Renewals go through the entity's management link, which opens on its first
+            // request and is shared by the client's receivers of that entity: open it now, so
+            // that the first renewal does not pay for it while a lock runs out.
+            yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
+          }
+          return yield* openPorts(receiver, sender, open, true, lanes)
+        }).pipe(
+          Scope.extend(scope),
+          Effect.onError(() => Scope.close(scope, Exit.void))
+        )
+        yield* Effect.forkIn(
+          Effect.zipRight(Deferred.await(generation.lost), closeBounded(scope)),
+          parent
+        )
+        return generation
+      })
+      const current = lock.withPermits(1)(Effect.suspend(() => {
+        if (held !== undefined) return Effect.succeed(held)
+        return Effect.tap(create, (generation) =>
+          Effect.sync(() => {
+            held = generation
+          }))
+      }))
+      yield* Scope.addFinalizer(
+        parent,
+        Effect.suspend(() => held === undefined ? Effect.void : closeBounded(held.scope))
+      )
+      // The first client is built now, so that a wrong configuration fails the start.
+      yield* current
+
+      // An operation on a generation ends as soon as that generation is lost, and a lost
+      // connection or an operation that timed out marks it lost.
+      const guarded = <A, E>(
+        generation: Generation,
+        operation: string,
+        effect: Effect.Effect<A, E>
+      ): Effect.Effect<A, E | ConnectionLost> => {
+        const lostError = () =>
+          new ConnectionLost({ operation, entity, reason: "the connection this message was received on was lost" })
+        return Effect.suspend(() =>
+          generation.isLost
+            ? Effect.fail(lostError())
+            : Effect.raceFirst(
+              // Interruptible: the processor commits in an uninterruptible region, where the
+              // race would otherwise wait for the operation it gives up on.
+              Effect.interruptible(effect),
+              Effect.interruptible(Effect.zipRight(Deferred.await(generation.lost), Effect.fail(lostError())))
+            ).pipe(
+              Effect.tapError((error) =>
+                Effect.sync(() => {
+                  if (isLossOrTimeout(error)) lose(generation)
+                })
+              )
+            )
+        )
+      }
+
+      const inbound = (generation: Generation, item: Inbound): Inbound => ({
+        message: item.message,
+        commit: (settlement, sends) => guarded(generation, "commit", item.commit(settlement, sends)),
+        settle: (settlement) => guarded(generation, settlement._tag.toLowerCase(), item.settle(settlement)),
+        release: item.release
+      })
+
+      const link: Link = {
+        lanes,
+        receive: (maxMessages, maxWait, lane) =>
+          Effect.flatMap(current, (generation) =>
+            Effect.map(
+              guarded(generation, "receive", generation.link.receive(maxMessages, maxWait, lane)),
+              (batch): Batch => ({
+                items: batch.items.map((item) => inbound(generation, item)),
+                // A lost generation's deliveries are abandoned by its close, if at all.
+                done: Effect.suspend(() => generation.isLost ? Effect.void : batch.done)
+              })
+            ))
+      }
+      return link
     })
 })
 

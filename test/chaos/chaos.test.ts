@@ -22,16 +22,6 @@ const Result = Schema.Struct({
   faults: Schema.Record({ key: Schema.String, value: Schema.Number })
 })
 
-// Idempotent mode runs without dropped AMQP connections for now: after a drop with a message in
-// flight, its processor stalls for about a minute (the Service Bus SDK waits for a request sent
-// on the dead connection to time out before it reconnects). The focused test is
-// regressions/idempotentProcessorAfterAbruptDisconnect.pending.ts; once it passes, drop the
-// exclusion here.
-const skipped: Record<"atomic" | "idempotent", ReadonlyArray<string>> = {
-  atomic: [],
-  idempotent: ["--skip-faults", "amqp-drop"]
-}
-
 const chaos = (mode: "atomic" | "idempotent") =>
   Effect.async<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }>((resume) => {
     const child = spawn(
@@ -40,8 +30,7 @@ const chaos = (mode: "atomic" | "idempotent") =>
         "--import",
         "tsx",
         script,
-        ...["--duration", "10s", "--seed", "2026", "--mode", mode, "--drain-timeout", "90s"],
-        ...skipped[mode]
+        ...["--duration", "10s", "--seed", "2026", "--mode", mode, "--drain-timeout", "90s"]
       ],
       { stdio: ["ignore", "pipe", "pipe"] }
     )

@@ -1,21 +1,18 @@
-// Found by the chaos run (idempotent mode; seeds 12, 13, 14 and 15 for 60 s, and the CI seed
-// 2026 for 10 s, did not drain within two minutes): when Service Bus drops the connection while
-// an idempotent processor has a message in its handler, the processor makes no progress for
-// a minute or more. The commit's first send to the destination opens the SDK sender's link, whose
-// claim negotiation ($cbs put-token) goes out on the connection being torn down and is never
-// answered; the SDK's disconnect handler waits for that link's lock before it reconnects, so
-// every receive waits ("Waiting for connection reset") and lock renewals time out until the
-// $cbs request times out. The atomic transport (own AMQP connection) recovers in a few seconds.
-//
-// Kept out of `npm test` (the *.pending.ts name) until the idempotent transport recovers; run it
-// with `npx vitest run -c test/chaos/regressions/vitest.config.ts`.
+// Found by the chaos run (idempotent mode; seeds 12 to 15 for 60 s, and the CI seed 2026 for
+// 10 s, did not drain within two minutes): when Service Bus dropped the connection while an
+// idempotent processor had a message in its handler, the processor made no progress for a
+// minute or more. The commit's first send to the destination opened the SDK sender's link, whose
+// claim ($cbs put-token) went out on the connection being torn down and was never answered; the
+// SDK's reconnection waited for that link, so every receive, renewal and send waited for the
+// operation timeout. The idempotent transport now replaces its SDK client as soon as the
+// connection drops, and the message whose handler was running fails its commit at once.
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Schema } from "effect"
-import { ServiceBusEmulator } from "../../../src/emulator/index.js"
-import * as MessageProcessor from "../../../src/MessageProcessor.js"
-import * as MessageReceiver from "../../../src/MessageReceiver.js"
-import * as MessageSender from "../../../src/MessageSender.js"
-import * as ServiceBusClient from "../../../src/ServiceBusClient.js"
+import { ServiceBusEmulator } from "../../src/emulator/index.js"
+import * as MessageProcessor from "../../src/MessageProcessor.js"
+import * as MessageReceiver from "../../src/MessageReceiver.js"
+import * as MessageSender from "../../src/MessageSender.js"
+import * as ServiceBusClient from "../../src/ServiceBusClient.js"
 
 class Work extends Schema.TaggedClass<Work>()("Work", { n: Schema.Number }) {}
 
@@ -73,10 +70,15 @@ const scenario = (mode: "idempotent" | "atomic", abrupt: boolean) =>
       progress._tag === "Some",
       `no progress within 20 s of the drop: ${JSON.stringify(final)}; queue: ${JSON.stringify(counts)}`
     )
+    // Each input's output once: a send repeated after the drop carries the same message id.
+    const out = yield* emulator.admin.counts("out")
+    assert.strictEqual(out.active, 4)
+    assert.strictEqual(counts.deadLettered, 0)
   }).pipe(Effect.scoped)
 
 describe("processor after a dropped connection while a message is in flight", () => {
   it.live("idempotent mode, socket dropped", () => scenario("idempotent", true), 70_000)
   it.live("idempotent mode, connection closed by the server", () => scenario("idempotent", false), 70_000)
   it.live("atomic mode, socket dropped", () => scenario("atomic", true), 70_000)
+  it.live("atomic mode, connection closed by the server", () => scenario("atomic", false), 70_000)
 })
