@@ -7,7 +7,7 @@
 // from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
 import type { Schedule } from "effect"
-import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Scope } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Option, Scope } from "effect"
 import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
@@ -523,7 +523,7 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
               // Interruptible: the processor commits in an uninterruptible region, where the
               // race would otherwise wait for the operation it gives up on.
               Effect.interruptible(effect),
-              Effect.interruptible(Effect.zipRight(Deferred.await(generation.lost), Effect.fail(lostError())))
+              Effect.interruptible(Effect.zipRight(Deferred.await(generation.lost), Effect.failSync(lostError)))
             ).pipe(
               Effect.tapError((error) =>
                 Effect.sync(() => {
@@ -564,6 +564,109 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
 interface Held {
   readonly session: ServiceBusTransaction.TransactionalSession
   readonly scope: Scope.CloseableScope
+  readonly commit: GroupCommit
+}
+
+type GroupCommit = (
+  message: ReceivedMessage,
+  settlement: Settlement,
+  sends: ReadonlyArray<Dispatch>
+) => Effect.Effect<void, CommitError>
+
+// How many group transactions of one session may be committing at once: one committing while
+// the next one fills.
+const groupsInFlight = 2
+
+// Whether a group that failed is tried again message by message: not when its connection is lost
+// or the outcome is unknown (a timeout), since each message alone would fail the same way or
+// wait as long.
+const retryAlone = (exit: Exit.Exit<void, CommitError>): boolean => {
+  if (Exit.isSuccess(exit)) return false
+  const error = Cause.failureOption(exit.cause)
+  if (Option.isNone(error)) return false
+  const tag = error.value._tag
+  return tag !== "ConnectionLost" && tag !== "OperationTimeout"
+}
+
+/**
+ * Group commit: the commits that arrive while transactions of the session are committing wait,
+ * and go together in the next transaction (up to `maxOperations`). Each message is still
+ * completed with its sends or not at all: a group commits or rolls back as a whole, and a group
+ * that fails is tried again one message at a time, so that one message refused (too large, its
+ * lock lost) does not fail the others. Under load a transaction carries several messages, and
+ * its declare and discharge are paid once for all of them.
+ */
+const makeGroupCommit = (
+  session: ServiceBusTransaction.TransactionalSession,
+  scope: Scope.Scope
+): GroupCommit => {
+  interface Entry {
+    readonly message: ReceivedMessage
+    readonly settlement: Settlement
+    readonly sends: ReadonlyArray<Dispatch>
+    readonly operations: number
+    readonly done: Deferred.Deferred<void, CommitError>
+  }
+  const queue: Array<Entry> = []
+  let running = 0
+
+  const enlist = (tx: ServiceBusTransaction.Transaction, entry: Entry) =>
+    Effect.gen(function*() {
+      // Sends first: a send refused at enlistment (too large, too many) leaves the message
+      // unsettled, so that it can still be abandoned or dead-lettered.
+      for (const [destination, messages] of groupSends(entry.sends)) yield* tx.send(destination, messages)
+      yield* tx.settle(entry.message, entry.settlement)
+    })
+  const alone = (entry: Entry) =>
+    Effect.flatMap(
+      Effect.exit(ServiceBusTransaction.run(session, (tx) => enlist(tx, entry))),
+      (exit) => Deferred.done(entry.done, exit)
+    )
+  const together = (group: ReadonlyArray<Entry>) =>
+    Effect.flatMap(
+      Effect.exit(
+        ServiceBusTransaction.run(
+          session,
+          (tx) => Effect.forEach(group, (entry) => enlist(tx, entry), { discard: true })
+        )
+      ),
+      (exit) =>
+        retryAlone(exit)
+          ? Effect.forEach(group, alone, { concurrency: "unbounded", discard: true })
+          : Effect.forEach(group, (entry) => Deferred.done(entry.done, exit), { discard: true })
+    )
+  const take = (): Array<Entry> => {
+    const group: Array<Entry> = []
+    let operations = 0
+    while (queue.length > 0) {
+      const next = queue[0]
+      if (group.length > 0 && operations + next.operations > ServiceBusTransaction.maxOperations) break
+      queue.shift()
+      group.push(next)
+      operations += next.operations
+    }
+    return group
+  }
+  const drain: Effect.Effect<void> = Effect.suspend(() => {
+    const group = take()
+    if (group.length === 0) {
+      running--
+      return Effect.void
+    }
+    return Effect.zipRight(group.length === 1 ? alone(group[0]) : together(group), drain)
+  })
+
+  return (message, settlement, sends) =>
+    Effect.flatMap(Deferred.make<void, CommitError>(), (done) =>
+      Effect.suspend(() => {
+        let operations = 1
+        for (const dispatch of sends) operations += dispatch.messages.length
+        queue.push({ message, settlement, sends, operations, done })
+        if (running >= groupsInFlight) return Deferred.await(done)
+        running++
+        // Uninterruptible: every entry taken is answered, whatever happens to the scope.
+        return Effect.zipRight(Effect.forkIn(Effect.uninterruptible(drain), scope), Deferred.await(done))
+      }))
 }
 
 const sessionCloseTimeout = Duration.seconds(5)
@@ -600,7 +703,7 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
-        return { session, scope }
+        return { session, scope, commit: makeGroupCommit(session, parent) }
       })
       const current = lock.withPermits(1)(Effect.suspend(() => {
         if (held !== undefined) return Effect.succeed(held)
@@ -697,19 +800,7 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
 
       const inbound = (h: Held, message: ReceivedMessage): Inbound => ({
         message,
-        commit: (settlement, sends) =>
-          onSession(
-            h,
-            message,
-            "commit",
-            ServiceBusTransaction.run(h.session, (tx) =>
-              Effect.gen(function*() {
-                // Sends first: a send refused at enlistment (too large, too many) leaves the
-                // message unsettled, so that it can still be abandoned or dead-lettered.
-                for (const [destination, messages] of groupSends(sends)) yield* tx.send(destination, messages)
-                yield* tx.settle(message, settlement)
-              }))
-          ),
+        commit: (settlement, sends) => onSession(h, message, "commit", h.commit(message, settlement, sends)),
         settle: (settlement) =>
           onSession(h, message, settlement._tag.toLowerCase(), h.session.settle(message, settlement)),
         release: stopRenewal(message)

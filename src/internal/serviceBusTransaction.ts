@@ -50,6 +50,7 @@ import * as AmqpConnection from "./amqpConnection.js"
 import { decodeBodyBytes, encodeAll, type Encoded, splitProperties, toRheaMessage } from "./messageCodec.js"
 import { entityPath as pathOf } from "./messageReceiver.js"
 import { sendError, settleError } from "./serviceBusErrors.js"
+import { withSpanIfTracing } from "./tracing.js"
 
 const defaultOperationTimeout = Duration.seconds(30)
 
@@ -1339,6 +1340,7 @@ export const run = <A, E, R>(
     })
   ).pipe(
     Effect.ensuring(Effect.sync(session.release)),
-    Effect.withSpan("Transaction.run", { attributes: { entity }, captureStackTrace: false })
+    (effect) =>
+      withSpanIfTracing(effect, "Transaction.run", () => ({ attributes: { entity }, captureStackTrace: false }))
   )
 }

@@ -7,7 +7,7 @@
 // event exactly once, and no input may ever be completed before its outgoing messages exist.
 import { assert, describe, it } from "@effect/vitest"
 import type { Scope } from "effect"
-import { Context, Effect, Ref, Schema, Stream } from "effect"
+import { Context, Deferred, Effect, Ref, Schema, Stream } from "effect"
 import type { Lock, Outcome, Target, Transaction } from "../../src/emulator/internal/broker.js"
 import { BrokerError, Conditions } from "../../src/emulator/internal/broker.js"
 import { settingsOf } from "../../src/emulator/internal/config.js"
@@ -136,24 +136,33 @@ const makeHarness: Effect.Effect<Harness, never, Scope.Scope> = Effect.acquireRe
   (harness) => Effect.promise(() => harness.server.close())
 )
 
-/** Replaces a broker method for one call that `matches`; later calls go through as before. */
+/**
+ * Replaces a broker method for the first `times` calls that `matches` (one by default); later
+ * calls go through as before.
+ */
 const once = <K extends keyof Broker>(
   broker: Broker,
   key: K,
   matches: (...args: Parameters<Broker[K]>) => boolean,
-  replacement: (original: Broker[K], ...args: Parameters<Broker[K]>) => ReturnType<Broker[K]>
+  replacement: (original: Broker[K], ...args: Parameters<Broker[K]>) => ReturnType<Broker[K]>,
+  times = 1
 ) => {
   type F = (...args: Parameters<Broker[K]>) => ReturnType<Broker[K]>
   const original = (broker[key] as unknown as F).bind(broker) as unknown as Broker[K]
-  let done = false
+  let fired = 0
   const hooked: F = (...args) => {
-    if (done || !matches(...args)) return (original as unknown as F)(...args)
-    done = true
+    if (fired >= times || !matches(...args)) return (original as unknown as F)(...args)
+    fired++
     return replacement(original, ...args)
   }
   broker[key] = hooked as unknown as Broker[K]
-  return { fired: () => done }
+  return { fired: () => fired > 0 }
 }
+
+// In atomic mode, commits that wait for each other share a transaction, and a transaction of
+// several messages that fails is tried again one message at a time: a fault meant to fail the
+// victim's commit is injected twice, so that it fails whether or not the victim was in a group.
+const attemptsToFail = (mode: Mode) => mode === "atomic" ? 2 : 1
 
 const completesVictim = (settlements: ReadonlyArray<{ readonly lock: Lock; readonly outcome: Outcome }>) =>
   settlements.some(({ lock, outcome }) => outcome._tag === "complete" && idOf(lock.message.env) === victim)
@@ -316,6 +325,7 @@ for (const mode of ["atomic", "idempotent"] as const) {
 
     test("a send refused", () =>
       Effect.gen(function*() {
+        const refusedIn = new Set<Transaction>()
         const refuse = (harness: Harness) => (): never => {
           snapshot(harness, victim)
           throw new BrokerError(Conditions.notAllowed, "Injected: the send is refused.")
@@ -326,13 +336,21 @@ for (const mode of ["atomic", "idempotent"] as const) {
               ? once(
                 harness.broker,
                 "enlistSend",
-                (_txn, _via, target, envs) => sendsVictimOutputs(target, envs),
-                refuse(harness)
+                (txn, _via, target, envs) => {
+                  // Each output is a transfer of its own: the transactions are counted.
+                  if (!sendsVictimOutputs(target, envs) || refusedIn.has(txn)) return false
+                  if (refusedIn.size >= attemptsToFail(mode)) return false
+                  refusedIn.add(txn)
+                  return true
+                },
+                refuse(harness),
+                Number.POSITIVE_INFINITY
               )
               : once(harness.broker, "send", sendsVictimOutputs, refuse(harness))
         })
         assert.isAtLeast(stats.commitFailures, 1)
-        assert.deepStrictEqual(harness.atFault, [{ input: true, outputs: 0 }])
+        assert.isNotEmpty(harness.atFault)
+        for (const state of harness.atFault) assert.deepStrictEqual(state, { input: true, outputs: 0 })
       }))
 
     test("the connection lost after a send is applied, before its answer", () =>
@@ -368,11 +386,12 @@ describe("MessageProcessor exactly once under faults (atomic commit)", () => {
             original(txn, true)
             snapshot(harness, victim)
             throw new BrokerError(Conditions.txnRollback, "Injected: the transaction was rolled back.")
-          })
+          }, attemptsToFail("atomic"))
       })
       assert.isAtLeast(stats.commitFailures, 1)
       // Refused: the input was still there, and none of its outgoing messages.
-      assert.deepStrictEqual(harness.atFault, [{ input: true, outputs: 0 }])
+      assert.isNotEmpty(harness.atFault)
+      for (const state of harness.atFault) assert.deepStrictEqual(state, { input: true, outputs: 0 })
     }))
 
   test("the connection lost before the discharge", () =>
@@ -405,6 +424,52 @@ describe("MessageProcessor exactly once under faults (atomic commit)", () => {
       })
       // Committed, though the processor could not know: the input gone, both outputs there.
       assert.deepStrictEqual(harness.atFault, [{ input: false, outputs: 2 }])
+    }))
+})
+
+describe("MessageProcessor group commit (atomic)", () => {
+  test("commits that wait share a transaction; one that fails is tried again message by message", () =>
+    Effect.gen(function*() {
+      // The first handlers wait for each other, so that their commits arrive together.
+      const together = 4
+      let arrived = 0
+      const gate = yield* Deferred.make<void>()
+      const sizes: Array<number> = []
+      const { harness, stats } = yield* runScenario("atomic", {
+        arm: (harness) => {
+          const discharge = harness.broker.discharge
+          harness.broker.discharge = (txn, fail) => {
+            if (!fail) sizes.push(txn.settlements.length)
+            return discharge(txn, fail)
+          }
+          // The first transaction of several messages is rolled back by the coordinator.
+          return once(harness.broker, "discharge", (txn, fail) => !fail && txn.settlements.length > 1, (
+            original,
+            txn
+          ) => {
+            const first = idOf(txn.settlements[0].lock.message.env)
+            original(txn, true)
+            snapshot(harness, first)
+            throw new BrokerError(Conditions.txnRollback, "Injected: the transaction was rolled back.")
+          })
+        },
+        inHandler: (context) =>
+          context.attempt === 1 && context.retry === 0 && arrived < together
+            ? Effect.suspend(() => {
+              arrived++
+              return arrived === together ? Deferred.succeed(gate, undefined) : Deferred.await(gate)
+            })
+            : Effect.void
+      })
+      // Transactions carried several messages (the one rolled back does not count), and the one
+      // rolled back left its messages where they were.
+      assert.isAbove(Math.max(...sizes), 1)
+      assert.deepStrictEqual(harness.atFault, [{ input: true, outputs: 0 }])
+      // The group rolled back was committed again message by message, in process: no message
+      // failed its commit, and none was delivered again.
+      assert.strictEqual(stats.commitFailures, 0)
+      assert.strictEqual(stats.abandoned, 0)
+      assert.strictEqual(stats.completed, n)
     }))
 })
 
