@@ -7,7 +7,7 @@
 // from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
 import type { Schedule } from "effect"
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Option, Scope } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, FiberSet, Option, Scope } from "effect"
 import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
@@ -425,15 +425,21 @@ const onSdkDisconnected = (sdk: ServiceBusClient.ServiceBusClient["sdk"], f: () 
   }
 }
 
-const isLossOrTimeout = (error: unknown): boolean =>
+// What marks a client's connection lost: a lost connection, or a receive that timed out (a
+// receive waits at most its own wait time when the connection is sound). A send or settlement
+// that timed out may only be slow: the client is kept, as its messages in flight would otherwise
+// fail too.
+const marksLoss = (operation: string, error: unknown): boolean =>
   typeof error === "object" && error !== null && "_tag" in error &&
-  (error._tag === "ConnectionLost" || error._tag === "OperationTimeout")
+  (error._tag === "ConnectionLost" || (operation === "receive" && error._tag === "OperationTimeout"))
 
 // One SDK client with its receiver, sender and lock renewals, for as long as its connection
 // lasts.
 interface Generation {
   readonly scope: Scope.CloseableScope
   readonly lost: Deferred.Deferred<void>
+  /** Called once the generation is lost: each ends an operation still running on it. */
+  readonly onLost: Set<() => void>
   link: Link
   isLost: boolean
 }
@@ -453,6 +459,9 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
         if (generation.isLost) return
         generation.isLost = true
         if (held === generation) held = undefined
+        const listeners = [...generation.onLost]
+        generation.onLost.clear()
+        for (const listener of listeners) listener()
         Deferred.unsafeDone(generation.lost, Exit.void)
       }
 
@@ -464,6 +473,7 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
         const generation: Generation = {
           scope,
           lost: yield* Deferred.make<void>(),
+          onLost: new Set(),
           link: undefined as unknown as Link,
           isLost: false
         }
@@ -488,56 +498,90 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
         yield* Effect.forkIn(
-          Effect.zipRight(Deferred.await(generation.lost), closeBounded(scope)),
+          Effect.zipRight(Deferred.await(generation.lost), closeBounded(scope, "An SDK client")),
           parent
         )
         return generation
       })
+      // A generation lost while it was built (its connection dropped at once) is not kept: the
+      // next receive builds another.
       const current = lock.withPermits(1)(Effect.suspend(() => {
-        if (held !== undefined) return Effect.succeed(held)
+        if (held !== undefined && !held.isLost) return Effect.succeed(held)
         return Effect.tap(create, (generation) =>
           Effect.sync(() => {
-            held = generation
+            if (!generation.isLost) held = generation
           }))
       }))
       yield* Scope.addFinalizer(
         parent,
-        Effect.suspend(() => held === undefined ? Effect.void : closeBounded(held.scope))
+        Effect.suspend(() => held === undefined ? Effect.void : closeBounded(held.scope, "An SDK client"))
       )
       // The first client is built now, so that a wrong configuration fails the start.
       yield* current
 
       // An operation on a generation ends as soon as that generation is lost, and a lost
-      // connection or an operation that timed out marks it lost.
+      // connection or an operation that timed out marks it lost. The operation runs on a fiber
+      // of its own, given up (and interrupted) when the generation is lost: a plain fork and a
+      // listener cost a tenth of a race.
       const guarded = <A, E>(
         generation: Generation,
         operation: string,
         effect: Effect.Effect<A, E>
       ): Effect.Effect<A, E | ConnectionLost> => {
         const lostError = () =>
-          new ConnectionLost({ operation, entity, reason: "the connection this message was received on was lost" })
-        return Effect.suspend(() =>
-          generation.isLost
-            ? Effect.fail(lostError())
-            : Effect.raceFirst(
-              // Interruptible: the processor commits in an uninterruptible region, where the
-              // race would otherwise wait for the operation it gives up on.
-              Effect.interruptible(effect),
-              Effect.interruptible(Effect.zipRight(Deferred.await(generation.lost), Effect.failSync(lostError)))
-            ).pipe(
-              Effect.tapError((error) =>
-                Effect.sync(() => {
-                  if (isLossOrTimeout(error)) lose(generation)
-                })
-              )
-            )
-        )
+          new ConnectionLost({
+            operation,
+            entity,
+            reason: operation === "receive"
+              ? "the connection was lost"
+              : "the connection this message was received on was lost"
+          })
+        return Effect.suspend(() => {
+          if (generation.isLost) return Effect.fail(lostError())
+          // Interruptible: the processor commits in an uninterruptible region, which the fiber
+          // would otherwise inherit.
+          return Effect.flatMap(Effect.fork(Effect.interruptible(effect)), (fiber) =>
+            Effect.async<A, E | ConnectionLost>((resume) => {
+              let done = false
+              const onLost = () => {
+                if (done) {
+                  return
+                }
+                done = true
+                fiber.unsafeInterruptAsFork(FiberId.none)
+                resume(Effect.fail(lostError()))
+              }
+              generation.onLost.add(onLost)
+              // Lost between the check above and now: the listener was not there to be called.
+              if (generation.isLost) {
+                onLost()
+              }
+              fiber.addObserver((exit) => {
+                generation.onLost.delete(onLost)
+                if (done) {
+                  return
+                }
+                done = true
+                if (Exit.isFailure(exit) && marksLoss(operation, Cause.squash(exit.cause))) {
+                  lose(generation)
+                }
+                resume(exit)
+              })
+              return Effect.suspend(() => {
+                generation.onLost.delete(onLost)
+                done = true
+                return Fiber.interrupt(fiber)
+              })
+            }))
+        })
       }
 
       const inbound = (generation: Generation, item: Inbound): Inbound => ({
         message: item.message,
-        commit: (settlement, sends) => guarded(generation, "commit", item.commit(settlement, sends)),
-        settle: (settlement) => guarded(generation, settlement._tag.toLowerCase(), item.settle(settlement)),
+        commit: (settlement, sends) =>
+          guarded(generation, "commit", item.commit(settlement, sends)),
+        settle: (settlement) =>
+          guarded(generation, settlement._tag.toLowerCase(), item.settle(settlement)),
         release: item.release
       })
 
@@ -577,16 +621,18 @@ type GroupCommit = (
 // the next one fills.
 const groupsInFlight = 2
 
-// Whether a group that failed is tried again message by message: not when its connection is lost
-// or the outcome is unknown (a timeout), since each message alone would fail the same way or
-// wait as long.
+// Whether a group that failed is tried again message by message: when the failure may be one
+// message's (refused, too large, its lock lost, the transaction rolled back). Not after a
+// transient failure (a lost connection, a timeout whose outcome is unknown, a busy broker), which
+// would only come again for each message; those messages are delivered again.
 const retryAlone = (exit: Exit.Exit<void, CommitError>): boolean => {
   if (Exit.isSuccess(exit)) return false
   const error = Cause.failureOption(exit.cause)
-  if (Option.isNone(error)) return false
-  const tag = error.value._tag
-  return tag !== "ConnectionLost" && tag !== "OperationTimeout"
+  return Option.isSome(error) && !ServiceBusTransaction.isTransient(error.value)
 }
+
+// How many messages of a failed group are tried again at once.
+const aloneConcurrency = 8
 
 /**
  * Group commit: the commits that arrive while transactions of the session are committing wait,
@@ -632,7 +678,7 @@ const makeGroupCommit = (
       ),
       (exit) =>
         retryAlone(exit)
-          ? Effect.forEach(group, alone, { concurrency: "unbounded", discard: true })
+          ? Effect.forEach(group, alone, { concurrency: aloneConcurrency, discard: true })
           : Effect.forEach(group, (entry) => Deferred.done(entry.done, exit), { discard: true })
     )
   const take = (): Array<Entry> => {
@@ -656,24 +702,24 @@ const makeGroupCommit = (
     return Effect.zipRight(group.length === 1 ? alone(group[0]) : together(group), drain)
   })
 
+  // Uninterruptible, like the processor's commit: an entry queued is committed, and answered.
   return (message, settlement, sends) =>
-    Effect.flatMap(Deferred.make<void, CommitError>(), (done) =>
+    Effect.uninterruptible(Effect.flatMap(Deferred.make<void, CommitError>(), (done) =>
       Effect.suspend(() => {
         let operations = 1
         for (const dispatch of sends) operations += dispatch.messages.length
         queue.push({ message, settlement, sends, operations, done })
         if (running >= groupsInFlight) return Deferred.await(done)
         running++
-        // Uninterruptible: every entry taken is answered, whatever happens to the scope.
-        return Effect.zipRight(Effect.forkIn(Effect.uninterruptible(drain), scope), Deferred.await(done))
-      }))
+        return Effect.zipRight(Effect.forkIn(drain, scope), Deferred.await(done))
+      })))
 }
 
 const sessionCloseTimeout = Duration.seconds(5)
 
 // Runs in finalizers too, where a plain timeout would wait for the close it gives up on.
-const closeBounded = (scope: Scope.CloseableScope) =>
-  closeWithin(Scope.close(scope, Exit.void), sessionCloseTimeout, "A transactional session")
+const closeBounded = (scope: Scope.CloseableScope, what = "A transactional session") =>
+  closeWithin(Scope.close(scope, Exit.void), sessionCloseTimeout, what)
 
 const isConnectionLost = (error: unknown): boolean =>
   typeof error === "object" && error !== null && "_tag" in error && error._tag === "ConnectionLost"

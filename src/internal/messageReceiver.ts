@@ -307,9 +307,9 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
 
     const internal: ReceiverInternals = {
       makeTracker,
-      receive: (source, maxMessages, maxWait, tracker) =>
+      receive: (source, maxMessages, maxWait, tracker, lane) =>
         Effect.flatMap(
-          retrying(cachedLink(source)),
+          retrying(cachedLink(source, lane)),
           ({ link, lock }) =>
             Effect.uninterruptibleMask((restore) =>
               Effect.map(

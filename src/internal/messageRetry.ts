@@ -3,9 +3,9 @@
 // `ServerBusy`, say) is never fed an error it was not written for. The happy path is the effect
 // alone: the schedule's driver is made only after a first transient failure, since sends and
 // settlements are frequent and almost always succeed.
-import { Duration, Effect, Schedule } from "effect"
+import { Effect, Schedule } from "effect"
 import type { TransientError } from "../ServiceBusError.js"
-import { isTransient, OperationTimeout } from "../ServiceBusError.js"
+import { isTransient } from "../ServiceBusError.js"
 
 export const retryTransient = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
@@ -25,25 +25,3 @@ export const retryTransient = <A, E, R>(
       return retry(first)
     }))
 }
-
-/**
- * Bounds one attempt of an SDK call. Some SDK paths have no time limit of their own (opening a
- * link waits, without one, for a reconnection in progress; `createMessageBatch` opens its link
- * without the operation timeout), so a call can outlive a dropped connection indefinitely. The
- * attempt is interrupted (an abort signal given to the SDK fires) and fails with the transient
- * `OperationTimeout`, which the retry schedule then sees.
- */
-export const boundedAttempt = <A, E, R>(
-  effect: Effect.Effect<A, E, R>,
-  duration: Duration.DurationInput,
-  context: { readonly operation: string; readonly entity?: string | undefined }
-): Effect.Effect<A, E | OperationTimeout, R> =>
-  Effect.timeoutFail(effect, {
-    duration,
-    onTimeout: () =>
-      new OperationTimeout({
-        operation: context.operation,
-        entity: context.entity,
-        reason: `no answer within ${Duration.format(duration)}`
-      })
-  })
