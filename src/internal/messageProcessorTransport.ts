@@ -7,7 +7,21 @@
 // from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
 import type { Schedule } from "effect"
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, FiberSet, Option, Scope } from "effect"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberId,
+  FiberRef,
+  FiberSet,
+  HashMap,
+  Option,
+  Scope
+} from "effect"
 import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
@@ -22,6 +36,7 @@ import { closeWithin } from "./closeWithin.js"
 import * as Receiver from "./messageReceiver.js"
 import { retryTransient } from "./messageRetry.js"
 import { settleError } from "./serviceBusErrors.js"
+import { withSpanIfTracing } from "./tracing.js"
 
 export interface Dispatch {
   readonly destination: string
@@ -699,7 +714,22 @@ const makeGroupCommit = (
       running--
       return Effect.void
     }
-    return Effect.zipRight(group.length === 1 ? alone(group[0]) : together(group), drain)
+    // A group serves several messages: its span is a root of its own, naming them, rather than
+    // a child of whichever message's commit started this fiber.
+    const commit = withSpanIfTracing(
+      group.length === 1 ? alone(group[0]) : together(group),
+      "MessageProcessor.groupCommit",
+      () => ({
+        root: true,
+        captureStackTrace: false,
+        attributes: {
+          entity: session.entity,
+          messages: group.length,
+          messageIds: group.map((entry) => entry.message.messageId ?? "").join(",")
+        }
+      })
+    )
+    return Effect.zipRight(commit, drain)
   })
 
   // Uninterruptible, like the processor's commit: an entry queued is committed, and answered.
@@ -711,7 +741,11 @@ const makeGroupCommit = (
         queue.push({ message, settlement, sends, operations, done })
         if (running >= groupsInFlight) return Deferred.await(done)
         running++
-        return Effect.zipRight(Effect.forkIn(drain, scope), Deferred.await(done))
+        // Without the annotations of the message that starts it: the fiber serves others too.
+        return Effect.zipRight(
+          Effect.forkIn(Effect.locally(drain, FiberRef.currentLogAnnotations, HashMap.empty()), scope),
+          Deferred.await(done)
+        )
       })))
 }
 

@@ -7,7 +7,7 @@
 // event exactly once, and no input may ever be completed before its outgoing messages exist.
 import { assert, describe, it } from "@effect/vitest"
 import type { Scope } from "effect"
-import { Context, Deferred, Effect, Ref, Schema, Stream } from "effect"
+import { Context, Deferred, Effect, Ref, Schema, Stream, Tracer } from "effect"
 import type { Lock, Outcome, Target, Transaction } from "../../src/emulator/internal/broker.js"
 import { BrokerError, Conditions } from "../../src/emulator/internal/broker.js"
 import { settingsOf } from "../../src/emulator/internal/config.js"
@@ -435,32 +435,46 @@ describe("MessageProcessor group commit (atomic)", () => {
       let arrived = 0
       const gate = yield* Deferred.make<void>()
       const sizes: Array<number> = []
-      const { harness, stats } = yield* runScenario("atomic", {
-        arm: (harness) => {
-          const discharge = harness.broker.discharge
-          harness.broker.discharge = (txn, fail) => {
-            if (!fail) sizes.push(txn.settlements.length)
-            return discharge(txn, fail)
-          }
-          // The first transaction of several messages is rolled back by the coordinator.
-          return once(harness.broker, "discharge", (txn, fail) => !fail && txn.settlements.length > 1, (
-            original,
-            txn
-          ) => {
-            const first = idOf(txn.settlements[0].lock.message.env)
-            original(txn, true)
-            snapshot(harness, first)
-            throw new BrokerError(Conditions.txnRollback, "Injected: the transaction was rolled back.")
-          })
+      // A tracer that keeps the spans it makes (on top of the default one).
+      const native = yield* Effect.tracer
+      const spans: Array<Tracer.Span> = []
+      const recording = Tracer.make({
+        span: (...args) => {
+          const span = native.span(...args)
+          spans.push(span)
+          return span
         },
-        inHandler: (context) =>
-          context.attempt === 1 && context.retry === 0 && arrived < together
-            ? Effect.suspend(() => {
-              arrived++
-              return arrived === together ? Deferred.succeed(gate, undefined) : Deferred.await(gate)
-            })
-            : Effect.void
+        context: native.context
       })
+      const { harness, stats } = yield* Effect.withTracer(
+        runScenario("atomic", {
+          arm: (harness) => {
+            const discharge = harness.broker.discharge
+            harness.broker.discharge = (txn, fail) => {
+              if (!fail) sizes.push(txn.settlements.length)
+              return discharge(txn, fail)
+            }
+            // The first transaction of several messages is rolled back by the coordinator.
+            return once(harness.broker, "discharge", (txn, fail) => !fail && txn.settlements.length > 1, (
+              original,
+              txn
+            ) => {
+              const first = idOf(txn.settlements[0].lock.message.env)
+              original(txn, true)
+              snapshot(harness, first)
+              throw new BrokerError(Conditions.txnRollback, "Injected: the transaction was rolled back.")
+            })
+          },
+          inHandler: (context) =>
+            context.attempt === 1 && context.retry === 0 && arrived < together
+              ? Effect.suspend(() => {
+                arrived++
+                return arrived === together ? Deferred.succeed(gate, undefined) : Deferred.await(gate)
+              })
+              : Effect.void
+        }),
+        recording
+      )
       // Transactions carried several messages (the one rolled back does not count), and the one
       // rolled back left its messages where they were.
       assert.isAbove(Math.max(...sizes), 1)
@@ -470,6 +484,11 @@ describe("MessageProcessor group commit (atomic)", () => {
       assert.strictEqual(stats.commitFailures, 0)
       assert.strictEqual(stats.abandoned, 0)
       assert.strictEqual(stats.completed, n)
+      // With a tracer, each group transaction has a root span of its own, naming its messages.
+      const groups = spans.filter((span) => span.name === "MessageProcessor.groupCommit")
+      const shared = groups.filter((span) => Number(span.attributes.get("messages")) > 1)
+      assert.isNotEmpty(shared)
+      for (const span of groups) assert.isTrue(span.parent._tag === "None")
     }))
 })
 
