@@ -19,6 +19,7 @@ import { parseServiceBusConnectionString, ServiceBusClient as SdkClient } from "
 import type { ConfigError, Scope } from "effect"
 import { Config, Context, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
 import { closeWithin } from "./internal/closeWithin.js"
+import { onDisconnected } from "./internal/sdkConnection.js"
 import { redact } from "./internal/serviceBusErrors.js"
 import type { TransientError } from "./ServiceBusError.js"
 import { ServiceBusFailure } from "./ServiceBusError.js"
@@ -79,7 +80,11 @@ export interface ServiceBusClientOptions {
  * @category models
  */
 export interface ServiceBusClient {
-  /** The SDK client, for what this library does not cover. */
+  /**
+   * The SDK client, for what this library does not cover. A client made by {@link make}
+   * replaces it when its connection drops (the SDK's own reconnection can wait for the
+   * operation timeout): read it when it is needed rather than keeping it.
+   */
   readonly sdk: SdkClient
   readonly fullyQualifiedNamespace: string
   readonly retry: Schedule.Schedule<unknown, TransientError>
@@ -120,7 +125,9 @@ const loadDefaultCredential = Effect.tryPromise({
   catch: (cause) => failure(`DefaultAzureCredential could not be created: ${redact(String(cause))}`)
 })
 
-const create = (options: ServiceBusClientOptions): Effect.Effect<SdkClient, ServiceBusFailure> =>
+// How to build the SDK client: the options checked and the credential resolved once, so that a
+// client can be built again (after a dropped connection) without an effect.
+const builder = (options: ServiceBusClientOptions): Effect.Effect<() => SdkClient, ServiceBusFailure> =>
   Effect.gen(function*() {
     const sdkOptions: SdkClientOptions = {
       retryOptions: sdkRetryOptions(options.operationTimeout ?? defaultOperationTimeout)
@@ -131,10 +138,7 @@ const create = (options: ServiceBusClientOptions): Effect.Effect<SdkClient, Serv
         return yield* failure("give either a connection string or a namespace, not both")
       }
       const connectionString = options.connectionString
-      return yield* Effect.try({
-        try: () => new SdkClient(Redacted.value(connectionString), sdkOptions),
-        catch: (cause) => failure(`invalid connection string: ${redact(String(cause))}`)
-      })
+      return () => new SdkClient(Redacted.value(connectionString), sdkOptions)
     }
     if (options.fullyQualifiedNamespace === undefined) {
       return yield* failure(
@@ -148,10 +152,7 @@ const create = (options: ServiceBusClientOptions): Effect.Effect<SdkClient, Serv
     const host = options.useDevelopmentEmulator === true
       ? `${namespace};UseDevelopmentEmulator=true;Unused=`
       : namespace
-    return yield* Effect.try({
-      try: () => new SdkClient(host, credential, sdkOptions),
-      catch: (cause) => failure(`invalid namespace "${namespace}": ${redact(String(cause))}`)
-    })
+    return () => new SdkClient(host, credential, sdkOptions)
   })
 
 const namespaceOf = (options: ServiceBusClientOptions, sdk: SdkClient): string => {
@@ -177,18 +178,52 @@ const namespaceOf = (options: ServiceBusClientOptions, sdk: SdkClient): string =
 export const make = (
   options: ServiceBusClientOptions
 ): Effect.Effect<ServiceBusClient, ServiceBusFailure, Scope.Scope> =>
-  Effect.acquireRelease(
-    create(options),
-    (sdk) => closeWithin(Effect.promise(() => sdk.close()), "10 seconds", "A Service Bus client")
-  ).pipe(
-    Effect.map((sdk): ServiceBusClient => ({
-      sdk,
-      fullyQualifiedNamespace: namespaceOf(options, sdk),
+  Effect.gen(function*() {
+    const build = yield* builder(options)
+    const closeSdk = (sdk: SdkClient, what: string) =>
+      closeWithin(Effect.promise(() => sdk.close()), "10 seconds", what)
+    // The first one is built here, so that whatever the SDK refuses fails the effect.
+    let current = yield* Effect.try({
+      try: build,
+      catch: (cause) =>
+        failure(
+          options.connectionString !== undefined
+            ? `invalid connection string: ${redact(String(cause))}`
+            : `invalid namespace "${options.fullyQualifiedNamespace}": ${redact(String(cause))}`
+        )
+    })
+    let closed = false
+    // Once the connection drops, the next call gets a new SDK client (and a new connection) and
+    // the old one is closed in the background: the ports see the change and move their links.
+    const watch = (sdk: SdkClient) =>
+      onDisconnected(sdk, () => {
+        if (closed || current !== sdk) return
+        try {
+          current = build()
+        } catch {
+          // Built once already with the same options: not expected. The SDK reconnects then.
+          return
+        }
+        watch(current)
+        Effect.runFork(closeSdk(sdk, "A replaced Service Bus client"))
+      })
+    watch(current)
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        closed = true
+        return closeSdk(current, "A Service Bus client")
+      })
+    )
+    const client: ServiceBusClient = {
+      get sdk() {
+        return current
+      },
+      fullyQualifiedNamespace: namespaceOf(options, current),
       retry: options.retry ?? defaultRetry,
       operationTimeout: Duration.decode(options.operationTimeout ?? defaultOperationTimeout)
-    })),
-    Effect.withSpan("ServiceBusClient.make")
-  )
+    }
+    return client
+  }).pipe(Effect.withSpan("ServiceBusClient.make"))
 
 /**
  * Wraps an SDK client the caller owns: it is not closed by this library. Create it with

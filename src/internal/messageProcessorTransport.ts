@@ -35,6 +35,7 @@ import * as ServiceBusTransaction from "../ServiceBusTransaction.js"
 import { closeWithin } from "./closeWithin.js"
 import * as Receiver from "./messageReceiver.js"
 import { retryTransient } from "./messageRetry.js"
+import { onDisconnected } from "./sdkConnection.js"
 import { settleError } from "./serviceBusErrors.js"
 import { withSpanIfTracing } from "./tracing.js"
 
@@ -424,22 +425,6 @@ const makeClient = (options: Api.ServiceBusOptions) =>
     Effect.mapError((error): ServiceError => error)
   )
 
-// Calls `f` once the SDK client's connection drops. The SDK reconnects by itself, but not always:
-// a link whose claim went out on the dropped connection holds the lock its reconnection waits
-// for, and every call on the client then waits for the operation timeout. The connection is an
-// internal of the SDK; without it, the loss is still noticed from the errors of operations.
-const onSdkDisconnected = (sdk: ServiceBusClient.ServiceBusClient["sdk"], f: () => void): void => {
-  const context = (sdk as unknown as { readonly _connectionContext?: { readonly connection?: unknown } })
-    ._connectionContext
-  const connection = context?.connection as
-    | { readonly once?: (event: string, listener: () => void) => unknown }
-    | undefined
-  if (typeof connection?.once === "function") {
-    connection.once("disconnected", f)
-    connection.once("connection_close", f)
-  }
-}
-
 // What marks a client's connection lost: a lost connection, or a receive that timed out (a
 // receive waits at most its own wait time when the connection is sound). A send or settlement
 // that timed out may only be slow: the client is kept, as its messages in flight would otherwise
@@ -494,7 +479,7 @@ export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never>
         }
         generation.link = yield* Effect.gen(function*() {
           const client = yield* makeClient(options)
-          onSdkDisconnected(client.sdk, () => lose(generation))
+          onDisconnected(client.sdk, () => lose(generation))
           const receiver = yield* MessageReceiver.makeServiceBus().pipe(
             Effect.provideService(ServiceBusClient.ServiceBusClient, client)
           )
@@ -813,15 +798,19 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
 
       // Lock renewal goes through the management link of an SDK receiver: Service Bus renews by
       // lock token, whichever link received the message.
-      let sdkReceiver: ServiceBusReceiver | undefined
+      // Made again from the client's new SDK client once the old one was replaced (after a
+      // dropped connection); the old receiver is closed with it.
+      let sdkReceiver: { readonly receiver: ServiceBusReceiver; readonly from: object } | undefined
       const renewer = () => {
-        if (sdkReceiver === undefined) {
+        const sdk = client.sdk
+        if (sdkReceiver === undefined || sdkReceiver.from !== sdk) {
           const receiverOptions = { receiveMode: "peekLock" as const, maxAutoLockRenewalDurationInMs: 0 }
-          sdkReceiver = open.source._tag === "Queue"
-            ? client.sdk.createReceiver(open.source.queue, receiverOptions)
-            : client.sdk.createReceiver(open.source.topic, open.source.subscription, receiverOptions)
+          const receiver = open.source._tag === "Queue"
+            ? sdk.createReceiver(open.source.queue, receiverOptions)
+            : sdk.createReceiver(open.source.topic, open.source.subscription, receiverOptions)
+          sdkReceiver = { receiver, from: sdk }
         }
-        return sdkReceiver
+        return sdkReceiver.receiver
       }
       if (open.lockRenewal !== false) {
         // The management link opens on its first request: open it now, so that the first

@@ -183,6 +183,10 @@ export const fromSdkError = (cause: unknown, context: ErrorContext): SdkError =>
       if (code === undefined && /^Failed to connect/.test(reason)) {
         return new ConnectionLost({ ...base, code: "ConnectFailed" })
       }
+      // A claim sent while the connection was being torn down (its $cbs link already gone).
+      if (/negotiate a claim but the CBS link does not exist/.test(reason)) {
+        return new ConnectionLost({ ...base, code: code ?? "CbsLinkMissing" })
+      }
       if (code === undefined && /^Unable to open the amqp connection .* due to operation timeout/.test(reason)) {
         return new OperationTimeout(base)
       }

@@ -1,19 +1,26 @@
 // The Service Bus receiver backend: SDK receivers in peek-lock mode with the SDK's automatic lock
 // renewal off (the shared receiver renews on its own fiber, so that one policy applies) and
 // bodies left as bytes (parsed here, so a body that is not JSON is reported, not guessed at).
-import type { ServiceBusReceivedMessage, ServiceBusReceiver, ServiceBusReceiverOptions } from "@azure/service-bus"
+import type {
+  ServiceBusClient as SdkClient,
+  ServiceBusReceivedMessage,
+  ServiceBusReceiver,
+  ServiceBusReceiverOptions
+} from "@azure/service-bus"
 import { Clock, Duration, Effect, Either, Scope } from "effect"
 import Long from "long"
 import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
 import type { ReceiveError, SettleError } from "../ServiceBusError.js"
-import { MessageNotFound, OperationTimeout } from "../ServiceBusError.js"
+import { ConnectionLost, MessageNotFound, OperationTimeout } from "../ServiceBusError.js"
 import type { Start } from "./amqp/callbackWait.js"
 import { awaitCallback, boundedPromise } from "./amqp/callbackWait.js"
 import { closeWithin } from "./closeWithin.js"
 import { fromSdkMessage } from "./messageCodec.js"
 import type { Deadline, RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
+import type { ConnectionLoss } from "./sdkConnection.js"
+import { connectionLoss } from "./sdkConnection.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { receiveError, settleError } from "./serviceBusErrors.js"
 
@@ -27,11 +34,23 @@ const timedOut = (context: ErrorContext, limit: Duration.Duration) => () =>
     reason: `no answer within ${Duration.format(limit)}`
   })
 
-const call = <A>(context: ErrorContext, limit: Duration.Duration, f: (signal: AbortSignal) => Promise<A>) =>
-  boundedPromise<A, ReceiveError, OperationTimeout>(f, (cause) => receiveError(cause, context), {
+// A call on a connection that dropped ends at once (`loss`): the SDK could keep it waiting for
+// the operation timeout.
+const call = <A>(
+  context: ErrorContext,
+  limit: Duration.Duration,
+  f: (signal: AbortSignal) => Promise<A>,
+  loss?: ConnectionLoss
+): Effect.Effect<A, ReceiveError> => {
+  const lostError = () =>
+    new ConnectionLost({ operation: context.operation, entity: context.entity, reason: "the connection was lost" })
+  if (loss?.isLost() === true) return Effect.fail(lostError())
+  return boundedPromise<A, ReceiveError, OperationTimeout, ConnectionLost>(f, (cause) => receiveError(cause, context), {
     timeout: limit,
-    onTimeout: timedOut(context, limit)
+    onTimeout: timedOut(context, limit),
+    ...(loss === undefined ? {} : { onLost: (lost) => loss.onLost(() => lost(lostError())) })
   })
+}
 
 // A settlement takes no abort signal: the wait for its promise is bounded without one.
 const settleStart =
@@ -138,15 +157,24 @@ export const make = (
     const closeQuietly = (receiver: ServiceBusReceiver) =>
       closeWithin(Effect.promise(() => receiver.close()), "10 seconds", "A Service Bus receiver")
 
+    // The SDK client each receiver was made from: the client's may be replaced after a dropped
+    // connection, and the receivers of the old one are then replaced on their next call.
+    const madeFrom = new WeakMap<ServiceBusReceiver, SdkClient>()
+    const lossOf = (receiver: ServiceBusReceiver) => {
+      const sdk = madeFrom.get(receiver)
+      return sdk === undefined ? undefined : connectionLoss(sdk)
+    }
+    const createReceiver = (source: Source): ServiceBusReceiver => {
+      const sdk = client.sdk
+      const receiver = source._tag === "Queue"
+        ? sdk.createReceiver(source.queue, receiverOptions(source))
+        : sdk.createReceiver(source.topic, source.subscription, receiverOptions(source))
+      madeFrom.set(receiver, sdk)
+      return receiver
+    }
+    const isCurrent = (receiver: ServiceBusReceiver) => madeFrom.get(receiver) === client.sdk
     const openReceiver = (source: Source): Effect.Effect<ServiceBusReceiver, never, Scope.Scope> =>
-      Effect.acquireRelease(
-        Effect.sync(() =>
-          source._tag === "Queue"
-            ? client.sdk.createReceiver(source.queue, receiverOptions(source))
-            : client.sdk.createReceiver(source.topic, source.subscription, receiverOptions(source))
-        ),
-        closeQuietly
-      )
+      Effect.acquireRelease(Effect.sync(() => createReceiver(source)), closeQuietly)
 
     // Settlements through one SDK receiver are ordered by a gate. rhea (3.x) writes the
     // dispositions of one tick as ranges of consecutive delivery ids, and compares states only
@@ -219,7 +247,8 @@ export const make = (
     const sharedReceiver = (source: Source, key: string) =>
       Effect.suspend(() => {
         const existing = shared.get(key)
-        if (existing !== undefined) return Effect.succeed(existing)
+        // One of a replaced SDK client is closed with the layer, like one that failed.
+        if (existing !== undefined && isCurrent(existing)) return Effect.succeed(existing)
         return Effect.tap(
           Scope.extend(openReceiver(source), layerScope),
           (receiver) => Effect.sync(() => shared.set(key, receiver))
@@ -248,18 +277,34 @@ export const make = (
     const backend: ReceiverBackend = {
       retry: options.retry ?? client.retry,
       open: (source) =>
-        Effect.map(openReceiver(source), (receiver) => {
+        Effect.gen(function*() {
           const entity = Receiver.entityPath(source)
+          let receiver = createReceiver(source)
+          yield* Effect.addFinalizer(() =>
+            Effect.suspend(() => closeQuietly(receiver))
+          )
+          // A receiver of a replaced SDK client gives way to one of the new client; the old one
+          // is closed in the background (its messages could only be settled on its connection,
+          // which is gone).
+          const current = () => {
+            if (!isCurrent(receiver)) {
+              Effect.runFork(closeQuietly(receiver))
+              receiver = createReceiver(source)
+            }
+            return receiver
+          }
           return {
             receive: (maxMessages, maxWait) =>
-              call(
-                { operation: "receive", entity },
-                Duration.sum(maxWait, limit),
-                (abortSignal) =>
-                  receiver.receiveMessages(maxMessages, { maxWaitTimeInMs: Duration.toMillis(maxWait), abortSignal })
-              ).pipe(Effect.map((messages) =>
-                messages.map((sdk) => rawDelivery(receiver, entity, sdk))
-              ))
+              Effect.suspend(() => {
+                const link = current()
+                return call(
+                  { operation: "receive", entity },
+                  Duration.sum(maxWait, limit),
+                  (abortSignal) =>
+                    link.receiveMessages(maxMessages, { maxWaitTimeInMs: Duration.toMillis(maxWait), abortSignal }),
+                  lossOf(link)
+                ).pipe(Effect.map((messages) => messages.map((sdk) => rawDelivery(link, entity, sdk))))
+              })
           }
         }),
       receiveDeferred: (source, sequenceNumbers) =>

@@ -613,6 +613,7 @@ const main = async (): Promise<number> => {
 
     // Drained: nothing left to dispatch, nothing active, locked or scheduled, three times in a row.
     const drainStart = Date.now()
+    let lastProgress = drainStart
     let quiet = 0
     let last: Checker.Backlog | undefined
     while (quiet < 3) {
@@ -630,6 +631,17 @@ const main = async (): Promise<number> => {
       await Promise.all(roles.map((role) => child(role).ensureUp()))
       last = await Checker.backlog(eventsTable, emulator).catch(() => undefined)
       quiet = last !== undefined && Checker.isDrained(last) ? quiet + 1 : 0
+      // A slow drain says what it waits for, every ten seconds.
+      if (quiet === 0 && Date.now() - lastProgress >= 10_000) {
+        lastProgress = Date.now()
+        console.log(
+          `  still draining after ${elapsed(drainStart)}: ${
+            last === undefined ? "no answer" : Checker.describeBacklog(last)
+          }; booking ${JSON.stringify(child("booking").lastReported)}; notification ${
+            JSON.stringify(child("notification").lastReported)
+          }`
+        )
+      }
       await sleep(500)
     }
     console.log(`Drained in ${elapsed(drainStart)}`)

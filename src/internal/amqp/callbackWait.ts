@@ -84,12 +84,12 @@ export const awaitCallback = <A, E, E2, E3 = never>(
  * `Effect.tryPromise` does the same with a race of two fibers, which adds a measurable share of
  * a millisecond to every call.
  */
-export const boundedPromise = <A, E, E2>(
+export const boundedPromise = <A, E, E2, E3 = never>(
   f: (signal: AbortSignal) => Promise<A>,
   onError: (cause: unknown) => E,
-  options: CallbackWaitOptions<E2, never>
-): Effect.Effect<A, E | E2> =>
-  awaitCallback<A, E, E2>((finish) => {
+  options: CallbackWaitOptions<E2, E3>
+): Effect.Effect<A, E | E2 | E3> =>
+  awaitCallback<A, E, E2, E3>((finish) => {
     const controller = new AbortController()
     let settled = false
     let promise: Promise<A>

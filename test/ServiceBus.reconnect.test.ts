@@ -1,0 +1,59 @@
+// Found by the chaos run (the outbox, after a dropped connection, dispatched nothing for about a
+// minute): when Service Bus drops the connection while the SDK client opens a link (its claim
+// goes out on the connection being torn down and is never answered), the SDK's reconnection
+// waits for that link, and every call on the client waits for the operation timeout. A client
+// made by `ServiceBusClient.make` replaces its SDK client as soon as the connection drops, and the
+// ports move their links to the new one.
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Layer } from "effect"
+import { ServiceBusEmulator } from "../src/emulator/index.js"
+import * as MessageReceiver from "../src/MessageReceiver.js"
+import * as MessageSender from "../src/MessageSender.js"
+import * as ServiceBusClient from "../src/ServiceBusClient.js"
+
+const queues = ["first", "second", "third"].map((name) => ({ name }))
+
+describe("a client made by ServiceBusClient.make after its connection drops", () => {
+  for (const abrupt of [true, false]) {
+    it.scopedLive(
+      `sends and receives again at once (${abrupt ? "socket dropped" : "closed by the server"})`,
+      () =>
+        Effect.gen(function*() {
+          const emulator = yield* ServiceBusEmulator.make({ queues })
+          // The default operation timeout (a minute): a stalled call would outlast the test.
+          const client = yield* ServiceBusClient.make({ connectionString: emulator.connectionString })
+          const context = yield* Layer.build(
+            Layer.mergeAll(MessageSender.layerServiceBus(), MessageReceiver.layerServiceBus()).pipe(
+              Layer.provide(Layer.succeed(ServiceBusClient.ServiceBusClient, client))
+            )
+          )
+          const sender = yield* Effect.provide(MessageSender.MessageSender, context)
+          const receiver = yield* Effect.provide(MessageReceiver.MessageReceiver, context)
+          yield* sender.send("first", { messageId: "a", body: 1 })
+          const before = client.sdk
+
+          // Dropped while the next send opens a link to another queue.
+          const closed = yield* emulator.faults.closeConnections({ abrupt })
+          assert.isAbove(closed, 0)
+          const [took] = yield* Effect.timed(
+            Effect.all([
+              sender.send("second", { messageId: "b", body: 2 }),
+              sender.send("first", { messageId: "c", body: 3 })
+            ], { concurrency: "unbounded" }).pipe(Effect.timeout("20 seconds"))
+          )
+          assert.isBelow(Duration.toMillis(took), 20_000)
+          assert.notStrictEqual(client.sdk, before, "the SDK client was replaced")
+
+          // Receiving works on the new connection too, and everything arrived once.
+          const received = yield* receiver.receive(MessageReceiver.queue("first"), {
+            maxMessages: 10,
+            maxWaitTime: "2 seconds"
+          })
+          for (const delivery of received) yield* delivery.complete
+          assert.deepStrictEqual(received.map((delivery) => delivery.message.messageId).sort(), ["a", "c"])
+          assert.strictEqual((yield* emulator.admin.counts("second")).active, 1)
+        }),
+      60_000
+    )
+  }
+})
