@@ -5,7 +5,7 @@
 // made by `ServiceBusClient.make` replaces its SDK client as soon as the connection drops, and the
 // ports move their links to the new one.
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Fiber, Layer } from "effect"
 import { ServiceBusEmulator } from "../src/emulator/index.js"
 import * as MessageReceiver from "../src/MessageReceiver.js"
 import * as MessageSender from "../src/MessageSender.js"
@@ -56,4 +56,47 @@ describe("a client made by ServiceBusClient.make after its connection drops", ()
       60_000
     )
   }
+
+  // A request on the management link (a peek) in flight when the connection drops ends at once
+  // and is tried again on the new connection. The chaos run found such a request interrupted
+  // after its link was gone: its abort signal made the SDK throw from the abort listener, out of
+  // reach, and the process exited; management requests now get no abort signal, and a call ended
+  // by the loss of its connection does not abort. An uncaught error would fail this test.
+  it.scopedLive(
+    "a peek in flight when the connection drops fails over to the new connection",
+    () =>
+      Effect.gen(function*() {
+        const emulator = yield* ServiceBusEmulator.make({ queues })
+        const client = yield* ServiceBusClient.make({ connectionString: emulator.connectionString })
+        const context = yield* Layer.build(
+          Layer.mergeAll(MessageSender.layerServiceBus(), MessageReceiver.layerServiceBus()).pipe(
+            Layer.provide(Layer.succeed(ServiceBusClient.ServiceBusClient, client))
+          )
+        )
+        const sender = yield* Effect.provide(MessageSender.MessageSender, context)
+        const receiver = yield* Effect.provide(MessageReceiver.MessageReceiver, context)
+        yield* sender.send("first", { messageId: "a", body: 1 })
+        yield* receiver.peek(MessageReceiver.queue("first"))
+        // The next answers are slow, so that the peek is in flight when the connection drops.
+        yield* emulator.faults.delay("3 seconds", { count: 1 })
+        const peek = yield* Effect.fork(receiver.peek(MessageReceiver.queue("first")))
+        yield* Effect.sleep("300 millis")
+        assert.isAbove(yield* emulator.faults.closeConnections({ abrupt: true }), 0)
+        yield* emulator.faults.reset
+        const [took, peeked] = yield* Effect.timed(Fiber.join(peek))
+        assert.deepStrictEqual(peeked.map((message) => message.messageId), ["a"])
+        assert.isBelow(Duration.toMillis(took), 20_000)
+        // Another peek, interrupted just after its connection dropped.
+        yield* emulator.faults.delay("3 seconds", { count: 1 })
+        const interrupted = yield* Effect.fork(receiver.peek(MessageReceiver.queue("first")))
+        yield* Effect.sleep("300 millis")
+        assert.isAbove(yield* emulator.faults.closeConnections({ abrupt: true }), 0)
+        yield* Effect.sleep("100 millis")
+        yield* Fiber.interrupt(interrupted)
+        yield* emulator.faults.reset
+        // Time for an abort listener to throw, had a signal been aborted.
+        yield* Effect.sleep("200 millis")
+      }),
+    60_000
+  )
 })

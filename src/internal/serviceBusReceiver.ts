@@ -313,14 +313,16 @@ export const make = (
           const context = { operation: "receiveDeferred", entity, sequenceNumbers }
           const [receiver, messages] = yield* withShared(source, (receiver) =>
             Effect.map(
-              call(context, limit, (abortSignal) =>
-                receiver.receiveDeferredMessages(sequenceNumbers.map(toLong), { abortSignal })),
-              (messages) =>
-                [receiver, messages] as const
+              // No abort signal on the management link: see `peek`.
+              call(
+                context,
+                limit,
+                () => receiver.receiveDeferredMessages(sequenceNumbers.map(toLong)),
+                lossOf(receiver)
+              ),
+              (messages) => [receiver, messages] as const
             ))
-          const deliveries = messages.map((sdk) =>
-            rawDelivery(receiver, entity, sdk)
-          )
+          const deliveries = messages.map((sdk) => rawDelivery(receiver, entity, sdk))
           const found = new Set(deliveries.map((delivery) => delivery.message.sequenceNumber))
           const missing = sequenceNumbers.filter((sequenceNumber) => !found.has(sequenceNumber))
           if (missing.length > 0) {
@@ -341,11 +343,12 @@ export const make = (
             call(
               { operation: "peek", entity },
               limit,
-              (abortSignal) =>
-                receiver.peekMessages(maxMessages, {
-                  fromSequenceNumber: toLong(fromSequenceNumber ?? 0n),
-                  abortSignal
-                })
+              // No abort signal: a request on the management link aborted after that link was
+              // closed (its connection dropped) makes the SDK (core-amqp) throw from the abort
+              // listener, out of reach, and the process exits. The call is bounded all the same;
+              // a late answer is dropped.
+              () => receiver.peekMessages(maxMessages, { fromSequenceNumber: toLong(fromSequenceNumber ?? 0n) }),
+              lossOf(receiver)
             ))
           return messages.map((sdk) => fromSdkMessage(entity, sdk, true))
         })

@@ -700,6 +700,14 @@ const main = async (): Promise<number> => {
         value: String(findings.deadLetters.length),
         expected: "= 0",
         ok: findings.deadLetters.length === 0
+      },
+      {
+        // Killed processes are started again; one that exits by itself (an error nothing
+        // caught) is a bug, even if its restart hides it.
+        name: "processes that exited on their own",
+        value: String(unexpected.length),
+        expected: "= 0",
+        ok: unexpected.length === 0
       }
     ]
     const ok = rows.every((row) => row.ok)

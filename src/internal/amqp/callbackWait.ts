@@ -88,8 +88,22 @@ export const boundedPromise = <A, E, E2, E3 = never>(
   f: (signal: AbortSignal) => Promise<A>,
   onError: (cause: unknown) => E,
   options: CallbackWaitOptions<E2, E3>
-): Effect.Effect<A, E | E2 | E3> =>
-  awaitCallback<A, E, E2, E3>((finish) => {
+): Effect.Effect<A, E | E2 | E3> => {
+  // Ended by the loss of the connection: the SDK's links are gone, and aborting a call on them
+  // can make the SDK throw from its abort listener. The promise is left to settle on its own.
+  let lost = false
+  const onLost = options.onLost
+  const waitOptions: CallbackWaitOptions<E2, E3> = onLost === undefined ? options : {
+    ...options,
+    onLost: (f) =>
+      onLost((error) => {
+        lost = true
+        f(error)
+      })
+  }
+  return awaitCallback<A, E, E2, E3>((finish) => {
+    // A new attempt (the effect run again): only its own loss counts.
+    lost = false
     const controller = new AbortController()
     let settled = false
     let promise: Promise<A>
@@ -111,6 +125,7 @@ export const boundedPromise = <A, E, E2, E3 = never>(
       }
     )
     return () => {
-      if (!settled) controller.abort()
+      if (!settled && !lost) controller.abort()
     }
-  }, options)
+  }, waitOptions)
+}
