@@ -13,22 +13,28 @@ import * as ServiceBusClient from "../src/ServiceBusClient.js"
 
 const queues = ["first", "second", "third"].map((name) => ({ name }))
 
+// An emulator, a client on it with the default operation timeout (a minute: a stalled call
+// would outlast the tests), and the ports on the client.
+const setup = Effect.gen(function*() {
+  const emulator = yield* ServiceBusEmulator.make({ queues })
+  const client = yield* ServiceBusClient.make({ connectionString: emulator.connectionString })
+  const context = yield* Layer.build(
+    Layer.mergeAll(MessageSender.layerServiceBus(), MessageReceiver.layerServiceBus()).pipe(
+      Layer.provide(Layer.succeed(ServiceBusClient.ServiceBusClient, client))
+    )
+  )
+  const sender = yield* Effect.provide(MessageSender.MessageSender, context)
+  const receiver = yield* Effect.provide(MessageReceiver.MessageReceiver, context)
+  return { client, emulator, receiver, sender }
+})
+
 describe("a client made by ServiceBusClient.make after its connection drops", () => {
   for (const abrupt of [true, false]) {
     it.scopedLive(
       `sends and receives again at once (${abrupt ? "socket dropped" : "closed by the server"})`,
       () =>
         Effect.gen(function*() {
-          const emulator = yield* ServiceBusEmulator.make({ queues })
-          // The default operation timeout (a minute): a stalled call would outlast the test.
-          const client = yield* ServiceBusClient.make({ connectionString: emulator.connectionString })
-          const context = yield* Layer.build(
-            Layer.mergeAll(MessageSender.layerServiceBus(), MessageReceiver.layerServiceBus()).pipe(
-              Layer.provide(Layer.succeed(ServiceBusClient.ServiceBusClient, client))
-            )
-          )
-          const sender = yield* Effect.provide(MessageSender.MessageSender, context)
-          const receiver = yield* Effect.provide(MessageReceiver.MessageReceiver, context)
+          const { client, emulator, receiver, sender } = yield* setup
           yield* sender.send("first", { messageId: "a", body: 1 })
           const before = client.sdk
 
@@ -66,15 +72,7 @@ describe("a client made by ServiceBusClient.make after its connection drops", ()
     "a peek in flight when the connection drops fails over to the new connection",
     () =>
       Effect.gen(function*() {
-        const emulator = yield* ServiceBusEmulator.make({ queues })
-        const client = yield* ServiceBusClient.make({ connectionString: emulator.connectionString })
-        const context = yield* Layer.build(
-          Layer.mergeAll(MessageSender.layerServiceBus(), MessageReceiver.layerServiceBus()).pipe(
-            Layer.provide(Layer.succeed(ServiceBusClient.ServiceBusClient, client))
-          )
-        )
-        const sender = yield* Effect.provide(MessageSender.MessageSender, context)
-        const receiver = yield* Effect.provide(MessageReceiver.MessageReceiver, context)
+        const { emulator, receiver, sender } = yield* setup
         yield* sender.send("first", { messageId: "a", body: 1 })
         yield* receiver.peek(MessageReceiver.queue("first"))
         // The next answers are slow, so that the peek is in flight when the connection drops.
