@@ -1,8 +1,9 @@
 // The processor's transports: how messages are received, committed and settled. The atomic one
 // runs on a transactional session (recreated when its connection is lost, since a session does
 // not reconnect by itself) and renews locks through an SDK receiver's management link; the
-// idempotent one runs over the MessageReceiver and MessageSender ports on an SDK client of its
-// own, replaced as soon as its connection drops; the memory one over the ports it is given.
+// idempotent one runs over the MessageReceiver and MessageSender ports on a client of its own
+// (which replaces its SDK client as soon as the connection drops); the memory one over the ports
+// it is given.
 // Every mode renews locks with the same timer (`makeRenewals`), whose first renewal is timed
 // from the lock's expiry as received.
 import type { ServiceBusReceivedMessage, ServiceBusReceiver } from "@azure/service-bus"
@@ -15,7 +16,6 @@ import {
   Effect,
   Exit,
   Fiber,
-  FiberId,
   FiberRef,
   FiberSet,
   HashMap,
@@ -30,12 +30,11 @@ import * as MessageReceiver from "../MessageReceiver.js"
 import * as MessageSender from "../MessageSender.js"
 import * as ServiceBusClient from "../ServiceBusClient.js"
 import type { ReceiveError, SendError, ServiceError, SettleError, TransientError } from "../ServiceBusError.js"
-import { ConnectionLost, MessageLockLost } from "../ServiceBusError.js"
+import { MessageLockLost } from "../ServiceBusError.js"
 import * as ServiceBusTransaction from "../ServiceBusTransaction.js"
 import { closeWithin } from "./closeWithin.js"
 import * as Receiver from "./messageReceiver.js"
 import { retryTransient } from "./messageRetry.js"
-import { onDisconnected } from "./sdkConnection.js"
 import { settleError } from "./serviceBusErrors.js"
 import { withSpanIfTracing } from "./tracing.js"
 
@@ -425,180 +424,29 @@ const makeClient = (options: Api.ServiceBusOptions) =>
     Effect.mapError((error): ServiceError => error)
   )
 
-// What marks a client's connection lost: a lost connection, or a receive that timed out (a
-// receive waits at most its own wait time when the connection is sound). A send or settlement
-// that timed out may only be slow: the client is kept, as its messages in flight would otherwise
-// fail too.
-const marksLoss = (operation: string, error: unknown): boolean =>
-  typeof error === "object" && error !== null && "_tag" in error &&
-  (error._tag === "ConnectionLost" || (operation === "receive" && error._tag === "OperationTimeout"))
-
-// One SDK client with its receiver, sender and lock renewals, for as long as its connection
-// lasts.
-interface Generation {
-  readonly scope: Scope.CloseableScope
-  readonly lost: Deferred.Deferred<void>
-  /** Called once the generation is lost: each ends an operation still running on it. */
-  readonly onLost: Set<() => void>
-  link: Link
-  isLost: boolean
-}
-
+// The client replaces its SDK client as soon as the connection drops, and its ports end the
+// calls in flight on the dropped connection at once (see `ServiceBusClient.make`): the receiver
+// and sender then work on the new connection, and the messages received on the old one are
+// delivered again once their locks expire.
 export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never> => ({
   mode: "idempotent",
   name: "idempotent",
   open: (open) =>
     Effect.gen(function*() {
-      const parent = yield* Effect.scope
-      const entity = MessageReceiver.entityPath(open.source)
-      const lanes = Math.min(open.concurrency, maxLanes)
-      const lock = yield* Effect.makeSemaphore(1)
-      let held: Generation | undefined
-
-      const lose = (generation: Generation) => {
-        if (generation.isLost) return
-        generation.isLost = true
-        if (held === generation) held = undefined
-        const listeners = [...generation.onLost]
-        generation.onLost.clear()
-        for (const listener of listeners) listener()
-        Deferred.unsafeDone(generation.lost, Exit.void)
-      }
-
-      // Each client lives in a scope of its own. Once its connection is lost, the next receive
-      // builds a new one and the old one is closed in the background, within a time limit: its
-      // messages still in a handler fail their commit at once and are delivered again.
-      const create: Effect.Effect<Generation, ServiceError> = Effect.gen(function*() {
-        const scope = yield* Scope.make()
-        const generation: Generation = {
-          scope,
-          lost: yield* Deferred.make<void>(),
-          onLost: new Set(),
-          link: undefined as unknown as Link,
-          isLost: false
-        }
-        generation.link = yield* Effect.gen(function*() {
-          const client = yield* makeClient(options)
-          onDisconnected(client.sdk, () => lose(generation))
-          const receiver = yield* MessageReceiver.makeServiceBus().pipe(
-            Effect.provideService(ServiceBusClient.ServiceBusClient, client)
-          )
-          const sender = yield* MessageSender.makeServiceBus().pipe(
-            Effect.provideService(ServiceBusClient.ServiceBusClient, client)
-          )
-          if (open.lockRenewal !== false) {
-            // Renewals go through the entity's management link, which opens on its first
-            // request and is shared by the client's receivers of that entity: open it now, so
-            // that the first renewal does not pay for it while a lock runs out.
-            yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
-          }
-          return yield* openPorts(receiver, sender, open, true, lanes)
-        }).pipe(
-          Scope.extend(scope),
-          Effect.onError(() => Scope.close(scope, Exit.void))
-        )
-        yield* Effect.forkIn(
-          Effect.zipRight(Deferred.await(generation.lost), closeBounded(scope, "An SDK client")),
-          parent
-        )
-        return generation
-      })
-      // A generation lost while it was built (its connection dropped at once) is not kept: the
-      // next receive builds another.
-      const current = lock.withPermits(1)(Effect.suspend(() => {
-        if (held !== undefined && !held.isLost) return Effect.succeed(held)
-        return Effect.tap(create, (generation) =>
-          Effect.sync(() => {
-            if (!generation.isLost) held = generation
-          }))
-      }))
-      yield* Scope.addFinalizer(
-        parent,
-        Effect.suspend(() => held === undefined ? Effect.void : closeBounded(held.scope, "An SDK client"))
+      const client = yield* makeClient(options)
+      const receiver = yield* MessageReceiver.makeServiceBus().pipe(
+        Effect.provideService(ServiceBusClient.ServiceBusClient, client)
       )
-      // The first client is built now, so that a wrong configuration fails the start.
-      yield* current
-
-      // An operation on a generation ends as soon as that generation is lost, and a lost
-      // connection or an operation that timed out marks it lost. The operation runs on a fiber
-      // of its own, given up (and interrupted) when the generation is lost: a plain fork and a
-      // listener cost a tenth of a race.
-      const guarded = <A, E>(
-        generation: Generation,
-        operation: string,
-        effect: Effect.Effect<A, E>
-      ): Effect.Effect<A, E | ConnectionLost> => {
-        const lostError = () =>
-          new ConnectionLost({
-            operation,
-            entity,
-            reason: operation === "receive"
-              ? "the connection was lost"
-              : "the connection this message was received on was lost"
-          })
-        return Effect.suspend(() => {
-          if (generation.isLost) return Effect.fail(lostError())
-          // Interruptible: the processor commits in an uninterruptible region, which the fiber
-          // would otherwise inherit.
-          return Effect.flatMap(Effect.fork(Effect.interruptible(effect)), (fiber) =>
-            Effect.async<A, E | ConnectionLost>((resume) => {
-              let done = false
-              const onLost = () => {
-                if (done) {
-                  return
-                }
-                done = true
-                fiber.unsafeInterruptAsFork(FiberId.none)
-                resume(Effect.fail(lostError()))
-              }
-              generation.onLost.add(onLost)
-              // Lost between the check above and now: the listener was not there to be called.
-              if (generation.isLost) {
-                onLost()
-              }
-              fiber.addObserver((exit) => {
-                generation.onLost.delete(onLost)
-                if (done) {
-                  return
-                }
-                done = true
-                if (Exit.isFailure(exit) && marksLoss(operation, Cause.squash(exit.cause))) {
-                  lose(generation)
-                }
-                resume(exit)
-              })
-              return Effect.suspend(() => {
-                generation.onLost.delete(onLost)
-                done = true
-                return Fiber.interrupt(fiber)
-              })
-            }))
-        })
+      const sender = yield* MessageSender.makeServiceBus().pipe(
+        Effect.provideService(ServiceBusClient.ServiceBusClient, client)
+      )
+      if (open.lockRenewal !== false) {
+        // Renewals go through the entity's management link, which opens on its first request and
+        // is shared by the client's receivers of that entity: open it now, so that the first
+        // renewal does not pay for it while a lock runs out.
+        yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
       }
-
-      const inbound = (generation: Generation, item: Inbound): Inbound => ({
-        message: item.message,
-        commit: (settlement, sends) =>
-          guarded(generation, "commit", item.commit(settlement, sends)),
-        settle: (settlement) =>
-          guarded(generation, settlement._tag.toLowerCase(), item.settle(settlement)),
-        release: item.release
-      })
-
-      const link: Link = {
-        lanes,
-        receive: (maxMessages, maxWait, lane) =>
-          Effect.flatMap(current, (generation) =>
-            Effect.map(
-              guarded(generation, "receive", generation.link.receive(maxMessages, maxWait, lane)),
-              (batch): Batch => ({
-                items: batch.items.map((item) => inbound(generation, item)),
-                // A lost generation's deliveries are abandoned by its close, if at all.
-                done: Effect.suspend(() => generation.isLost ? Effect.void : batch.done)
-              })
-            ))
-      }
-      return link
+      return yield* openPorts(receiver, sender, open, true, Math.min(open.concurrency, maxLanes))
     })
 })
 
