@@ -62,3 +62,30 @@ export const connectionLoss = (sdk: SdkClient): ConnectionLoss | undefined => {
 export const onDisconnected = (sdk: SdkClient, f: () => void): void => {
   connectionLoss(sdk)?.onLost(f)
 }
+
+// The SDK client each sender or receiver was made from: a client made by `ServiceBusClient.make`
+// replaces its SDK client after a dropped connection, and the links of the old one are replaced
+// on their next call.
+const madeFrom = new WeakMap<object, SdkClient>()
+
+/** Records that `link` (an SDK sender or receiver) was made from `sdk`. */
+export const rememberClient = (link: object, sdk: SdkClient): void => {
+  madeFrom.set(link, sdk)
+}
+
+/** Whether `link` was made from `sdk` (the client's current SDK client). */
+export const madeBy = (link: object, sdk: SdkClient): boolean => madeFrom.get(link) === sdk
+
+/**
+ * The `onLost` of a callback wait on `link`'s connection: the wait ends with `error()` once that
+ * connection drops. Empty when the connection cannot be watched.
+ */
+export const failOnLoss = <E>(
+  link: object,
+  error: () => E
+): { readonly isLost: boolean; readonly onLost?: (f: (error: E) => void) => () => void } => {
+  const sdk = madeFrom.get(link)
+  const loss = sdk === undefined ? undefined : connectionLoss(sdk)
+  if (loss === undefined) return { isLost: false }
+  return { isLost: loss.isLost(), onLost: (lost) => loss.onLost(() => lost(error())) }
+}

@@ -1,12 +1,7 @@
 // The Service Bus receiver backend: SDK receivers in peek-lock mode with the SDK's automatic lock
 // renewal off (the shared receiver renews on its own fiber, so that one policy applies) and
 // bodies left as bytes (parsed here, so a body that is not JSON is reported, not guessed at).
-import type {
-  ServiceBusClient as SdkClient,
-  ServiceBusReceivedMessage,
-  ServiceBusReceiver,
-  ServiceBusReceiverOptions
-} from "@azure/service-bus"
+import type { ServiceBusReceivedMessage, ServiceBusReceiver, ServiceBusReceiverOptions } from "@azure/service-bus"
 import { Clock, Duration, Effect, Either, Scope } from "effect"
 import Long from "long"
 import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
@@ -19,8 +14,7 @@ import { closeWithin } from "./closeWithin.js"
 import { fromSdkMessage } from "./messageCodec.js"
 import type { Deadline, RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
-import type { ConnectionLoss } from "./sdkConnection.js"
-import { connectionLoss } from "./sdkConnection.js"
+import { failOnLoss, madeBy, rememberClient } from "./sdkConnection.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { receiveError, settleError } from "./serviceBusErrors.js"
 
@@ -34,21 +28,22 @@ const timedOut = (context: ErrorContext, limit: Duration.Duration) => () =>
     reason: `no answer within ${Duration.format(limit)}`
   })
 
-// A call on a connection that dropped ends at once (`loss`): the SDK could keep it waiting for
-// the operation timeout.
+// A call on a connection that dropped (that of `link`) ends at once: the SDK could keep it
+// waiting for the operation timeout.
 const call = <A>(
   context: ErrorContext,
   limit: Duration.Duration,
   f: (signal: AbortSignal) => Promise<A>,
-  loss?: ConnectionLoss
+  link?: object
 ): Effect.Effect<A, ReceiveError> => {
   const lostError = () =>
     new ConnectionLost({ operation: context.operation, entity: context.entity, reason: "the connection was lost" })
-  if (loss?.isLost() === true) return Effect.fail(lostError())
+  const loss = link === undefined ? { isLost: false } : failOnLoss(link, lostError)
+  if (loss.isLost) return Effect.fail(lostError())
   return boundedPromise<A, ReceiveError, OperationTimeout, ConnectionLost>(f, (cause) => receiveError(cause, context), {
     timeout: limit,
     onTimeout: timedOut(context, limit),
-    ...(loss === undefined ? {} : { onLost: (lost) => loss.onLost(() => lost(lostError())) })
+    ...(loss.onLost === undefined ? {} : { onLost: loss.onLost })
   })
 }
 
@@ -159,20 +154,16 @@ export const make = (
 
     // The SDK client each receiver was made from: the client's may be replaced after a dropped
     // connection, and the receivers of the old one are then replaced on their next call.
-    const madeFrom = new WeakMap<ServiceBusReceiver, SdkClient>()
-    const lossOf = (receiver: ServiceBusReceiver) => {
-      const sdk = madeFrom.get(receiver)
-      return sdk === undefined ? undefined : connectionLoss(sdk)
-    }
+
     const createReceiver = (source: Source): ServiceBusReceiver => {
       const sdk = client.sdk
       const receiver = source._tag === "Queue"
         ? sdk.createReceiver(source.queue, receiverOptions(source))
         : sdk.createReceiver(source.topic, source.subscription, receiverOptions(source))
-      madeFrom.set(receiver, sdk)
+      rememberClient(receiver, sdk)
       return receiver
     }
-    const isCurrent = (receiver: ServiceBusReceiver) => madeFrom.get(receiver) === client.sdk
+    const isCurrent = (receiver: ServiceBusReceiver) => madeBy(receiver, client.sdk)
     const openReceiver = (source: Source): Effect.Effect<ServiceBusReceiver, never, Scope.Scope> =>
       Effect.acquireRelease(Effect.sync(() => createReceiver(source)), closeQuietly)
 
@@ -302,7 +293,7 @@ export const make = (
                   Duration.sum(maxWait, limit),
                   (abortSignal) =>
                     link.receiveMessages(maxMessages, { maxWaitTimeInMs: Duration.toMillis(maxWait), abortSignal }),
-                  lossOf(link)
+                  link
                 ).pipe(Effect.map((messages) => messages.map((sdk) => rawDelivery(link, entity, sdk))))
               })
           }
@@ -318,7 +309,7 @@ export const make = (
                 context,
                 limit,
                 () => receiver.receiveDeferredMessages(sequenceNumbers.map(toLong)),
-                lossOf(receiver)
+                receiver
               ),
               (messages) => [receiver, messages] as const
             ))
@@ -348,7 +339,7 @@ export const make = (
               // listener, out of reach, and the process exits. The call is bounded all the same;
               // a late answer is dropped.
               () => receiver.peekMessages(maxMessages, { fromSequenceNumber: toLong(fromSequenceNumber ?? 0n) }),
-              lossOf(receiver)
+              receiver
             ))
           return messages.map((sdk) => fromSdkMessage(entity, sdk, true))
         })

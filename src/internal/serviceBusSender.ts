@@ -1,6 +1,6 @@
 // The Service Bus sender: one SDK sender per destination (links are costly to attach), batches
 // packed with the SDK's own size accounting, every batch checked before the first is sent.
-import type { ServiceBusClient as SdkClient, ServiceBusMessageBatch, ServiceBusSender } from "@azure/service-bus"
+import type { ServiceBusMessageBatch, ServiceBusSender } from "@azure/service-bus"
 import type { Scope } from "effect"
 import { Duration, Effect } from "effect"
 import type { MessageSenderService, ServiceBusOptions } from "../MessageSender.js"
@@ -20,7 +20,7 @@ import type { Checked } from "./messageCodec.js"
 import { defaultMaxBatchBytes, encodeBodies, fitsAlone, sizeAlone, toSdkMessage } from "./messageCodec.js"
 import { retryTransient } from "./messageRetry.js"
 import * as Sender from "./messageSender.js"
-import { connectionLoss } from "./sdkConnection.js"
+import { failOnLoss, madeBy, rememberClient } from "./sdkConnection.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
 import { redact, sendError } from "./serviceBusErrors.js"
 
@@ -33,11 +33,7 @@ export const make = (
     const senders = new Map<string, ServiceBusSender>()
     // The SDK client each sender was made from: the client's may be replaced after a dropped
     // connection, and a sender of the old one is then replaced too.
-    const madeFrom = new WeakMap<ServiceBusSender, SdkClient>()
-    const lossOf = (sender: ServiceBusSender) => {
-      const sdk = madeFrom.get(sender)
-      return sdk === undefined ? undefined : connectionLoss(sdk)
-    }
+
     const layerScope = yield* Effect.scope
 
     const closeQuietly = (sender: ServiceBusSender) =>
@@ -54,14 +50,14 @@ export const make = (
         const existing = senders.get(key)
         const sdk = client.sdk
         if (existing !== undefined) {
-          if (madeFrom.get(existing) === sdk) return Effect.succeed(existing)
+          if (madeBy(existing, sdk)) return Effect.succeed(existing)
           senders.delete(key)
           Effect.runFork(closeQuietly(existing))
         }
         return Effect.try({
           try: () => {
             const sender = sdk.createSender(destination)
-            madeFrom.set(sender, sdk)
+            rememberClient(sender, sdk)
             senders.set(key, sender)
             return sender
           },
@@ -100,10 +96,10 @@ export const make = (
         }
         // A call on a connection that dropped ends at once: the SDK could keep it waiting for
         // the operation timeout.
-        const loss = lossOf(sender)
         const lostError = () =>
           new ConnectionLost({ operation: context.operation, entity: destination, reason: "the connection was lost" })
-        const call: Effect.Effect<A, SendError> = loss?.isLost() === true
+        const loss = failOnLoss(sender, lostError)
+        const call: Effect.Effect<A, SendError> = loss.isLost
           ? Effect.fail(lostError())
           : boundedPromise<A, SendError, OperationTimeout, ConnectionLost>(
             () => f(sender),
@@ -116,7 +112,7 @@ export const make = (
                   entity: context.entity,
                   reason: `no answer within ${Duration.format(client.operationTimeout)}`
                 }),
-              ...(loss === undefined ? {} : { onLost: (lost) => loss.onLost(() => lost(lostError())) })
+              ...(loss.onLost === undefined ? {} : { onLost: loss.onLost })
             }
           )
         return call.pipe(

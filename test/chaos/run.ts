@@ -662,6 +662,12 @@ const main = async (): Promise<number> => {
     const restarts = roles.reduce((sum, role) => sum + child(role).starts - 1, 0)
     const unexpected = roles.flatMap((role) => child(role).unexpectedExits.map((exit) => `${role} ${exit}`))
 
+    const none = (name: string, count: number): Row => ({
+      name,
+      value: String(count),
+      expected: "= 0",
+      ok: count === 0
+    })
     const rows: ReadonlyArray<Row> = [
       { name: "commands accepted", value: String(load.counts.accepted), expected: "> 0", ok: load.counts.accepted > 0 },
       { name: "events stored", value: String(findings.eventsStored), expected: "> 0", ok: findings.eventsStored > 0 },
@@ -677,38 +683,13 @@ const main = async (): Promise<number> => {
         expected: `= ${findings.eventsStored}`,
         ok: findings.eventsApplied === findings.eventsStored
       },
-      {
-        name: "messages whose effect happened more than once",
-        value: String(findings.duplicateEffects.length),
-        expected: "= 0",
-        ok: findings.duplicateEffects.length === 0
-      },
-      {
-        name: "projection documents that differ from a fold",
-        value: String(findings.projectionMismatches.length),
-        expected: "= 0",
-        ok: findings.projectionMismatches.length === 0
-      },
-      {
-        name: "messages completed without their sends",
-        value: String(findings.missingNotifications.length),
-        expected: "= 0",
-        ok: findings.missingNotifications.length === 0
-      },
-      {
-        name: "dead-lettered messages",
-        value: String(findings.deadLetters.length),
-        expected: "= 0",
-        ok: findings.deadLetters.length === 0
-      },
-      {
-        // Killed processes are started again; one that exits by itself (an error nothing
-        // caught) is a bug, even if its restart hides it.
-        name: "processes that exited on their own",
-        value: String(unexpected.length),
-        expected: "= 0",
-        ok: unexpected.length === 0
-      }
+      none("messages whose effect happened more than once", findings.duplicateEffects.length),
+      none("projection documents that differ from a fold", findings.projectionMismatches.length),
+      none("messages completed without their sends", findings.missingNotifications.length),
+      none("dead-lettered messages", findings.deadLetters.length),
+      // Killed processes are started again; one that exits by itself (an error nothing caught)
+      // is a bug, even if its restart hides it.
+      none("processes that exited on their own", unexpected.length)
     ]
     const ok = rows.every((row) => row.ok)
 
