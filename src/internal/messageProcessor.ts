@@ -46,7 +46,7 @@ import { MessageEncodeError } from "../ServiceBusError.js"
 import { isTransient as isTransactionTransient } from "../ServiceBusTransaction.js"
 import type { Dispatch, Inbound } from "./messageProcessorTransport.js"
 import { implOf } from "./messageProcessorTransport.js"
-import { isTracing } from "./tracing.js"
+import { annotateSpan, isTracing } from "./tracing.js"
 
 export const propertyNames = {
   retryCount: "retryCount",
@@ -415,7 +415,7 @@ export const run = <H extends Api.Handlers, R>(
         // A failed attempt: dead-letter once the attempts are spent, else ask for another delivery.
         const failed = (error: unknown) =>
           Effect.gen(function*() {
-            yield* Effect.annotateCurrentSpan("error", tagOf(error))
+            yield* annotateSpan("error", tagOf(error))
             if (attempt >= maxAttempts) return yield* deadLetter(error)
             yield* Effect.logInfo("Message handling failed; it will be retried", {
               error: tagOf(error),

@@ -50,7 +50,7 @@ import * as AmqpConnection from "./amqpConnection.js"
 import { decodeBodyBytes, encodeAll, type Encoded, splitProperties, toRheaMessage } from "./messageCodec.js"
 import { entityPath as pathOf } from "./messageReceiver.js"
 import { sendError, settleError } from "./serviceBusErrors.js"
-import { withSpanIfTracing } from "./tracing.js"
+import { annotateSpan, withSpanIfTracing } from "./tracing.js"
 
 const defaultOperationTimeout = Duration.seconds(30)
 
@@ -628,10 +628,11 @@ export const makeSession = (
         // Credit not used stays granted: messages that arrive later wait, locked, in the session's
         // buffer for the next receive (draining the credit races with concurrent receives).
       }).pipe(
-        Effect.withSpan("ServiceBusTransaction.receive", {
-          attributes: { entity, maxMessages },
-          captureStackTrace: false
-        })
+        (effect) =>
+          withSpanIfTracing(effect, "ServiceBusTransaction.receive", () => ({
+            attributes: { entity, maxMessages },
+            captureStackTrace: false
+          }))
       )
 
     // Transactions declared ahead, so that `run` usually finds its transaction ready and saves
@@ -732,10 +733,11 @@ export const makeSession = (
             ? new ServiceBusFailure({ operation: "settle", entity, reason: error.message })
             : error
         ),
-        Effect.withSpan("ServiceBusTransaction.settle", {
-          attributes: { entity, messageId: message.messageId ?? "", settlement: settlement._tag },
-          captureStackTrace: false
-        })
+        (effect) =>
+          withSpanIfTracing(effect, "ServiceBusTransaction.settle", () => ({
+            attributes: { entity, messageId: message.messageId ?? "", settlement: settlement._tag },
+            captureStackTrace: false
+          }))
       )
 
     const renewLock = (message: ReceivedMessage): Effect.Effect<Date, SettleError> =>
@@ -781,10 +783,11 @@ export const makeSession = (
             () => "renewLock"
           ))
       }).pipe(
-        Effect.withSpan("ServiceBusTransaction.renewLock", {
-          attributes: { entity, messageId: message.messageId ?? "", lockToken: message.lockToken ?? "" },
-          captureStackTrace: false
-        })
+        (effect) =>
+          withSpanIfTracing(effect, "ServiceBusTransaction.renewLock", () => ({
+            attributes: { entity, messageId: message.messageId ?? "", lockToken: message.lockToken ?? "" },
+            captureStackTrace: false
+          }))
       )
 
     const api: Api.TransactionalSession = { entity, viaEntity, receive, settle, renewLock }
@@ -1174,7 +1177,7 @@ export const run = <A, E, R>(
         )
       )
       const transactionId = txnId.toString("hex")
-      yield* Effect.annotateCurrentSpan("transactionId", transactionId)
+      yield* annotateSpan("transactionId", transactionId)
       let pending: Array<Pending> = []
       let operations = 0
       const settled = new Map<string, string>()

@@ -1,5 +1,5 @@
 import type { Fiber } from "effect"
-import { Effect, FiberRef, type Tracer } from "effect"
+import { Context, Effect, FiberRef, Option, Tracer } from "effect"
 
 // The tracer a runtime has when the application installs none: its spans go nowhere.
 let nativeTracer: Tracer.Tracer | undefined
@@ -21,3 +21,15 @@ export const withSpanIfTracing = <A, E, R>(
   options: () => Tracer.SpanOptions
 ): Effect.Effect<A, E, R> =>
   Effect.withFiberRuntime((fiber) => isTracing(fiber) ? Effect.withSpan(effect, name, options()) : effect)
+
+/**
+ * `Effect.annotateCurrentSpan` without its cost when there is no span: that one fails inside
+ * with an exception (a stack trace captured) when it finds none, which on a per-message path
+ * costs more than the annotation.
+ */
+export const annotateSpan = (key: string, value: unknown): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    const span = Context.getOption(fiber.getFiberRef(FiberRef.currentContext), Tracer.ParentSpan)
+    if (Option.isSome(span) && span.value._tag === "Span") span.value.attribute(key, value)
+    return Effect.void
+  })

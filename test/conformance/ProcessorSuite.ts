@@ -3,7 +3,7 @@
 // Progress is observed through the processor's counts (`awaitStats`), never by sleeping.
 import { assert, describe, it } from "@effect/vitest"
 import type { Context, Duration, Scope } from "effect"
-import { Deferred, Effect, Either, Layer, Ref, Schema } from "effect"
+import { Deferred, Effect, Either, Layer, Ref, Schema, Tracer } from "effect"
 import * as Aggregate from "../../src/Aggregate.js"
 import * as Decider from "../../src/Decider.js"
 import * as EventCodec from "../../src/EventCodec.js"
@@ -32,6 +32,20 @@ export interface ProcessorEnv {
 }
 
 export type MakeEnv = (queues: ReadonlyArray<QueueDefinition>) => Effect.Effect<ProcessorEnv, never, Scope.Scope>
+
+/** A tracer that keeps the spans it makes (on top of the default one), for `Effect.withTracer`. */
+export const recordSpans = Effect.map(Effect.tracer, (native) => {
+  const spans: Array<Tracer.Span> = []
+  const tracer = Tracer.make({
+    span: (...args) => {
+      const span = native.span(...args)
+      spans.push(span)
+      return span
+    },
+    context: native.context
+  })
+  return { tracer, spans }
+})
 
 // ---------------------------------------------------------------------------------------------
 // The domain of the tests
@@ -275,6 +289,7 @@ export const processorSuite = (name: string, makeEnv: MakeEnv): void => {
             input(4, { body: { orderId: "poison", amount: 0 } }),
             input(5)
           ])
+          const { spans, tracer } = yield* recordSpans
           const processor = yield* MessageProcessor.run({
             source: MessageReceiver.queue("in"),
             transport: env.transport,
@@ -287,7 +302,7 @@ export const processorSuite = (name: string, makeEnv: MakeEnv): void => {
                   : context.send("out", { body: order })),
               Crashing: MessageProcessor.handler(Schema.Unknown, () => Effect.die(new Error("boom")))
             }
-          })
+          }).pipe(Effect.withTracer(tracer))
           const stats = yield* within(
             processor.awaitStats((s) => s.completed >= 2 && s.deadLettered >= 3),
             "completions and dead letters"
@@ -304,6 +319,12 @@ export const processorSuite = (name: string, makeEnv: MakeEnv): void => {
           assert.match(dead[1].deadLetterErrorDescription ?? "", /No handler for message type "Unknown"/)
           assert.strictEqual(dead[2].deadLetterErrorDescription, "order poison refused")
           assert.strictEqual((yield* peekAll("out")).length, 2)
+          // Each failed attempt names its error on the message's span.
+          const poison = spans.filter((span) =>
+            span.name === "MessageProcessor.handle" && span.attributes.get("messageId") === "in-4"
+          )
+          assert.strictEqual(poison.length, 3)
+          for (const span of poison) assert.strictEqual(span.attributes.get("error"), "Refused")
         })
     )
 

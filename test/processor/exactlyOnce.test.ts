@@ -7,7 +7,7 @@
 // event exactly once, and no input may ever be completed before its outgoing messages exist.
 import { assert, describe, it } from "@effect/vitest"
 import type { Scope } from "effect"
-import { Context, Deferred, Effect, Ref, Schema, Stream, Tracer } from "effect"
+import { Context, Deferred, Effect, Ref, Schema, Stream } from "effect"
 import type { Lock, Outcome, Target, Transaction } from "../../src/emulator/internal/broker.js"
 import { BrokerError, Conditions } from "../../src/emulator/internal/broker.js"
 import { settingsOf } from "../../src/emulator/internal/config.js"
@@ -24,6 +24,7 @@ import * as Projection from "../../src/Projection.js"
 import { ProjectionStoreUnavailable } from "../../src/ProjectionError.js"
 import * as ProjectionStore from "../../src/ProjectionStore.js"
 import * as ServiceBusClient from "../../src/ServiceBusClient.js"
+import { recordSpans } from "../conformance/ProcessorSuite.js"
 
 // ---------------------------------------------------------------------------------------------
 // The domain: events applied to one ledger document, each answered with two messages
@@ -435,17 +436,7 @@ describe("MessageProcessor group commit (atomic)", () => {
       let arrived = 0
       const gate = yield* Deferred.make<void>()
       const sizes: Array<number> = []
-      // A tracer that keeps the spans it makes (on top of the default one).
-      const native = yield* Effect.tracer
-      const spans: Array<Tracer.Span> = []
-      const recording = Tracer.make({
-        span: (...args) => {
-          const span = native.span(...args)
-          spans.push(span)
-          return span
-        },
-        context: native.context
-      })
+      const { spans, tracer: recording } = yield* recordSpans
       const { harness, stats } = yield* Effect.withTracer(
         runScenario("atomic", {
           arm: (harness) => {
@@ -489,6 +480,10 @@ describe("MessageProcessor group commit (atomic)", () => {
       const shared = groups.filter((span) => Number(span.attributes.get("messages")) > 1)
       assert.isNotEmpty(shared)
       for (const span of groups) assert.isTrue(span.parent._tag === "None")
+      // Each transaction's span names its transaction.
+      const transactions = spans.filter((span) => span.name === "Transaction.run")
+      assert.isNotEmpty(transactions)
+      for (const span of transactions) assert.match(String(span.attributes.get("transactionId")), /^[0-9a-f]+$/)
     }))
 })
 
