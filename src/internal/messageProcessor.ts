@@ -16,6 +16,7 @@ import {
   FiberId,
   FiberRef,
   FiberSet,
+  HashMap,
   Metric,
   MetricBoundaries,
   Option,
@@ -42,6 +43,7 @@ import type { Projection } from "../Projection.js"
 import { isTransient as isProjectionTransient } from "../ProjectionError.js"
 import type { ProjectionStore } from "../ProjectionStore.js"
 import * as Projector from "../Projector.js"
+import type { ReceiveError } from "../ServiceBusError.js"
 import { MessageEncodeError } from "../ServiceBusError.js"
 import { isTransient as isTransactionTransient } from "../ServiceBusTransaction.js"
 import type { Dispatch, Inbound } from "./messageProcessorTransport.js"
@@ -160,12 +162,12 @@ const parentSpanOf = (traceparent: string | undefined): Tracer.ExternalSpan | un
   })
 }
 
-// The current span's, if any. Read from the context rather than with `Effect.currentSpan`, which
-// fails (an exception with a stack trace) when there is none.
-const currentTraceparent: Effect.Effect<string | undefined> = Effect.map(
-  Effect.serviceOption(Tracer.ParentSpan),
-  (span) => Option.isSome(span) && span.value._tag === "Span" ? traceparentOf(span.value) : undefined
-)
+// The fiber's current span's, if any. Read from the context rather than with `Effect.currentSpan`,
+// which fails (an exception with a stack trace) when there is none.
+const traceparentIn = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string | undefined => {
+  const span = Context.getOption(fiber.getFiberRef(FiberRef.currentContext), Tracer.ParentSpan)
+  return Option.isSome(span) && span.value._tag === "Span" ? traceparentOf(span.value) : undefined
+}
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 
@@ -252,11 +254,16 @@ export const run = <H extends Api.Handlers, R>(
     // ---------------------------------------------------------------------------------------
     // One message
 
-    const processOne = (item: Inbound): Effect.Effect<void> =>
+    // Runs in a fiber of its own, forked for the message: it sets that fiber's log annotations and
+    // (for each attempt of the handler) its `CurrentMessage` for the rest of the fiber, rather
+    // than around an effect with `Effect.annotateLogs` and `Effect.provideService`, which cost
+    // several effects each. `after` runs last, whatever happened.
+    const processOne = (item: Inbound, after: Effect.Effect<void>): Effect.Effect<void> =>
       Effect.withFiberRuntime((fiber) => {
         const message = item.message
         const tracing = isTracing(fiber)
         const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+        const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
         let start = 0
         let completed = false
         const props = message.applicationProperties ?? {}
@@ -292,13 +299,14 @@ export const run = <H extends Api.Handlers, R>(
             return full
           }
           const send = (destination: string, messages: Api.Outgoing | ReadonlyArray<Api.Outgoing>) =>
-            Effect.flatMap(currentTraceparent, (traceparent) =>
-              Effect.sync(() => {
-                const list: ReadonlyArray<Api.Outgoing> = Array.isArray(messages)
-                  ? messages
-                  : [messages as Api.Outgoing]
-                buffer.push({ destination, messages: list.map((outgoing) => complete(outgoing, traceparent)) })
-              }))
+            Effect.withFiberRuntime<void>((current) => {
+              const traceparent = traceparentIn(current)
+              const list: ReadonlyArray<Api.Outgoing> = Array.isArray(messages)
+                ? messages
+                : [messages as Api.Outgoing]
+              buffer.push({ destination, messages: list.map((outgoing) => complete(outgoing, traceparent)) })
+              return Effect.void
+            })
           return {
             message,
             entity,
@@ -425,15 +433,18 @@ export const run = <H extends Api.Handlers, R>(
             return yield* abandon
           })
 
+        // What the last attempt of the handler sent.
+        let sent: Array<Dispatch> = []
         const handle = (selected: Api.Handler<unknown, unknown>, body: unknown) => {
           let tries = 0
           const once = Effect.suspend(() => {
             const buffer: Array<Dispatch> = []
+            sent = buffer
             const context = makeContext(buffer, tries)
-            const attempt = selected.handle(body, context).pipe(
-              Effect.provideService(CurrentMessage, context),
-              Effect.as(buffer)
-            ) as Effect.Effect<Array<Dispatch>, unknown>
+            const attempt = Effect.zipRight(
+              FiberRef.update(FiberRef.currentContext, (services) => Context.add(services, CurrentMessage, context)),
+              selected.handle(body, context) as Effect.Effect<unknown, unknown>
+            )
             if (tries++ === 0) return attempt
             return Effect.zipRight(
               Effect.zipRight(
@@ -444,18 +455,7 @@ export const run = <H extends Api.Handlers, R>(
               ),
               attempt
             )
-          }).pipe(
-            Effect.catchAllDefect((defect) =>
-              Effect.fail(
-                new HandlerDefect({
-                  entity,
-                  messageId,
-                  ...(subject === undefined ? {} : { subject }),
-                  reason: describe(defect)
-                })
-              )
-            )
-          )
+          })
           // The schedule's driver is made only after a first transient failure: the first attempt
           // almost always succeeds. The schedule then sees that failure first, as with
           // `Effect.retry` over the whole.
@@ -500,7 +500,7 @@ export const run = <H extends Api.Handlers, R>(
             failed(error)
           )
 
-        const work = Effect.uninterruptibleMask((restore) => {
+        const work = (restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) => {
           const selected = subject !== undefined && Object.hasOwn(handlers, subject) ? handlers[subject] : undefined
           if (selected === undefined) {
             return deadLetter(
@@ -527,16 +527,25 @@ export const run = <H extends Api.Handlers, R>(
                     )
                   }
                   const error = Cause.failureOption(cause)
-                  return failed(Option.isSome(error) ? error.value : Cause.squash(cause))
+                  if (Option.isSome(error)) return failed(error.value)
+                  // A defect of the handler (it threw, or died): not retried in process.
+                  return failed(
+                    new HandlerDefect({
+                      entity,
+                      messageId,
+                      ...(subject === undefined ? {} : { subject }),
+                      reason: describe(Cause.squash(cause))
+                    })
+                  )
                 },
-                onSuccess: (sends) =>
-                  Effect.matchEffect(commit(sends), {
+                onSuccess: () =>
+                  Effect.matchEffect(commit(sent), {
                     onFailure: commitFailed,
                     onSuccess: () => committed
                   })
               })
           })
-        })
+        }
 
         const started = Effect.suspend(() => {
           start = clock.unsafeCurrentTimeMillis()
@@ -546,8 +555,7 @@ export const run = <H extends Api.Handlers, R>(
           })
         })
         // Counted once, at the end: the histogram, the completion, and the stats.
-        const finished = Effect.withFiberRuntime<void>((fiber) => {
-          const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
+        const finished = Effect.suspend(() => {
           counters.duration.unsafeUpdate(clock.unsafeCurrentTimeMillis() - start, labels)
           if (completed) counters.processed.unsafeUpdate(1, labels)
           return bump((s) => {
@@ -555,17 +563,28 @@ export const run = <H extends Api.Handlers, R>(
             s.inFlight--
           })
         })
-        const body = Effect.zipRight(
-          started,
-          work.pipe(
-            Effect.catchAllCause((cause) =>
-              // Nothing escapes a message's fiber: the loop and the other messages keep going.
-              Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release)
+        // Uninterruptible but for the handler: whatever happens, the message is settled or
+        // released, counted, and `after` runs. Nothing escapes a message's fiber: the loop and the
+        // other messages keep going.
+        const body = Effect.uninterruptibleMask((restore) =>
+          Effect.zipRight(
+            Effect.zipRight(
+              started,
+              Effect.catchAllCause(work(restore), (cause) =>
+                Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release))
             ),
-            Effect.ensuring(finished)
+            Effect.zipRight(finished, after)
           )
         )
-        const annotated = Effect.annotateLogs(body, { entity, messageId, subject: subject ?? "" })
+        const annotated = Effect.zipRight(
+          FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
+            HashMap.set(
+              HashMap.set(HashMap.set(annotations, "entity", entity as unknown), "messageId", messageId),
+              "subject",
+              subject ?? ""
+            )),
+          body
+        )
         if (!tracing && message.traceparent === undefined) return annotated
         const parent = parentSpanOf(message.traceparent)
         return Effect.withSpan(annotated, "MessageProcessor.handle", {
@@ -587,37 +606,80 @@ export const run = <H extends Api.Handlers, R>(
     // The loop
 
     const inFlight = yield* FiberSet.make<void>()
-    const slots = yield* Effect.makeSemaphore(concurrency)
-
-    const receiveOnce = (lane: number) =>
-      Effect.gen(function*() {
-        const remaining = yield* slots.take(1)
-        const extra = Math.max(0, Math.min(remaining, concurrency - 1))
-        if (extra > 0) yield* slots.take(extra)
-        const wanted = 1 + extra
-        const batch = yield* link.receive(wanted, receiveWait, lane).pipe(
-          Effect.tapErrorCause(() => slots.release(wanted))
-        )
-        if (batch.items.length < wanted) yield* slots.release(wanted - batch.items.length)
-        if (batch.items.length === 0) return yield* batch.done
-        let pending = batch.items.length
-        const finished = Effect.suspend(() => --pending === 0 ? batch.done : Effect.void)
-        for (const item of batch.items) {
-          yield* FiberSet.run(
-            inFlight,
-            processOne(item).pipe(Effect.ensuring(Effect.zipRight(slots.release(1), finished)))
-          )
-        }
-      })
-
-    // One loop per lane of the link, each receiving while there are free slots.
-    const laneLoop = (lane: number) =>
-      receiveOnce(lane).pipe(
-        Effect.tapError((error) => Effect.logWarning("Receiving failed; trying again", error)),
-        Effect.retry(receiveBackoff),
-        Effect.forever
-      )
     const lanes = Math.max(1, Math.min(link.lanes, concurrency))
+    // The free slots, counted in plain code: a semaphore's take and release are several effects
+    // each (and a scheduled task to wake a waiter), for every message. A lane waits for one free
+    // slot, then takes as many as are free, up to its share of the concurrency.
+    const perReceive = Math.ceil(concurrency / lanes)
+    let free = concurrency
+    const slotWaiters: Array<() => void> = []
+    const grab = Effect.sync(() => {
+      const n = Math.min(free, perReceive)
+      free -= n
+      return n
+    })
+    const takeSlots: Effect.Effect<number> = Effect.suspend(() =>
+      free > 0 ? grab : Effect.zipRight(
+        Effect.async<void>((resume) => {
+          const wake = () => resume(Effect.void)
+          slotWaiters.push(wake)
+          return Effect.sync(() => {
+            const index = slotWaiters.indexOf(wake)
+            if (index >= 0) slotWaiters.splice(index, 1)
+          })
+        }),
+        takeSlots
+      )
+    )
+    const releaseSlots = (n: number) => {
+      free += n
+      for (let woken = 0; woken < n && slotWaiters.length > 0; woken++) slotWaiters.shift()!()
+    }
+
+    // One receive and the fibers of what it brought. Plain combinators rather than a generator:
+    // this runs once per message or two.
+    const receiveOnce = (lane: number): Effect.Effect<void, Api.StartError | ReceiveError> =>
+      Effect.flatMap(takeSlots, (wanted) =>
+        link.receive(wanted, receiveWait, lane).pipe(
+          Effect.tapErrorCause(() => Effect.sync(() => releaseSlots(wanted))),
+          Effect.flatMap((batch) => {
+            const items = batch.items
+            if (items.length < wanted) releaseSlots(wanted - items.length)
+            if (items.length === 0) return batch.done
+            let pending = items.length
+            const finished = Effect.suspend(() => {
+              releaseSlots(1)
+              return --pending === 0 ? batch.done : Effect.void
+            })
+            const start = (item: Inbound) => FiberSet.run(inFlight, processOne(item, finished))
+            return items.length === 1 ? Effect.asVoid(start(items[0])) : Effect.forEach(items, start, { discard: true })
+          })
+        ))
+
+    // One loop per lane of the link, each receiving while there are free slots. A failed receive
+    // is tried again under `receiveBackoff`, whose driver is made only after a failure (a retry
+    // around every receive would make one each time). The loop yields between receives, as
+    // `Effect.forever` does, so that the message fibers it just forked start first.
+    const laneLoop = (lane: number): Effect.Effect<never, Api.StartError | ReceiveError> => {
+      const once = Effect.tapError(
+        receiveOnce(lane),
+        (error) => Effect.logWarning("Receiving failed; trying again", error)
+      )
+      const recover = (first: Api.StartError | ReceiveError) => {
+        let pending = true
+        const again = Effect.suspend(() => {
+          if (!pending) return once
+          pending = false
+          return Effect.fail(first)
+        })
+        return Effect.retry(again, receiveBackoff)
+      }
+      const loop: Effect.Effect<never, Api.StartError | ReceiveError> = Effect.flatMap(
+        Effect.catchAll(once, recover),
+        () => Effect.zipRight(Effect.yieldNow(), loop)
+      )
+      return loop
+    }
     const loop = (lanes === 1
       ? laneLoop(0)
       : Effect.forEach(Array.from({ length: lanes }, (_, lane) => lane), laneLoop, {

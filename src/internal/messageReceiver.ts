@@ -307,9 +307,12 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
 
     const internal: ReceiverInternals = {
       makeTracker,
+      // Lane `n` of the caller is link `n + 1`: a loop that receives again as soon as a receive
+      // ends would otherwise keep a `receive` of the public API waiting for link 0 for good (a
+      // semaphore wakes its waiter a task later, and the loop takes the permit back first).
       receive: (source, maxMessages, maxWait, tracker, lane) =>
         Effect.flatMap(
-          retrying(cachedLink(source, lane)),
+          retrying(cachedLink(source, lane + 1)),
           ({ link, lock }) =>
             Effect.uninterruptibleMask((restore) =>
               Effect.map(
