@@ -291,10 +291,11 @@ export const atomic: (options: ServiceBusOptions) => Transport<never> = transpor
 
 /**
  * Idempotent mode, for the Basic tier or when transactions are turned off: outgoing messages are
- * sent first, with deterministic ids, then the message is completed. A failure between the two
- * redelivers the message, and its resent messages are dropped by duplicate detection (turn it on
- * for the destinations). A settlement still unanswered when the message's lock runs out is given
- * up, and the message is delivered again.
+ * sent first, with deterministic ids, then, once Service Bus has accepted them all, the message is
+ * completed. A failure between the two redelivers the message, and its resent messages are
+ * dropped by duplicate detection (turn it on for the destinations). It runs on one AMQP
+ * connection per processor, like atomic mode, without ever asking for a transaction; when the
+ * connection is lost, the messages received on it are given up at once and delivered again.
  *
  * @since 0.1.0
  * @category constructors

@@ -101,8 +101,10 @@ export class TransactionTimeout extends Schema.TaggedError<TransactionTimeout>(
 }
 
 /**
- * The installed AMQP library (rhea) cannot carry transactions: the start-up self-check failed.
- * Nothing was sent. Permanent until the library is fixed or rhea is pinned to a working version.
+ * Transactions cannot run: the namespace has none (the Basic tier refuses the transaction
+ * coordinator), or the installed AMQP library (rhea) cannot carry them (the start-up self-check
+ * failed). Nothing was sent. Permanent: use the idempotent mode, or a Standard namespace, or pin
+ * rhea to a working version.
  *
  * @since 0.1.0
  * @category errors

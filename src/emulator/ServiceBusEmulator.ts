@@ -143,6 +143,11 @@ export interface Options {
   readonly transactionTimeout?: Duration.DurationInput | undefined
   /** Operations allowed in one transaction (default 100). */
   readonly maxTransactionOperations?: number | undefined
+  /**
+   * Whether the namespace has transactions (default true). `false` plays a Basic tier namespace:
+   * a link to the transaction coordinator is refused with `amqp:not-implemented`.
+   */
+  readonly transactions?: boolean | undefined
 }
 
 /**
@@ -378,7 +383,8 @@ export const start = async (options: Options = {}): Promise<RunningEmulator> => 
       transactionTimeoutMs: options.transactionTimeout === undefined
         ? 120_000
         : Duration.toMillis(Duration.decode(options.transactionTimeout)),
-      maxTransactionOperations: options.maxTransactionOperations ?? 100
+      maxTransactionOperations: options.maxTransactionOperations ?? 100,
+      transactions: options.transactions ?? true
     }
   )
   try {

@@ -606,26 +606,22 @@ export const run = <H extends Api.Handlers, R>(
     // The loop
 
     const inFlight = yield* FiberSet.make<void>()
-    const lanes = Math.max(1, Math.min(link.lanes, concurrency))
     // The free slots, counted in plain code: a semaphore's take and release are several effects
-    // each (and a scheduled task to wake a waiter), for every message. A lane waits for one free
-    // slot, then takes as many as are free, up to its share of the concurrency.
-    const perReceive = Math.ceil(concurrency / lanes)
+    // each (and a scheduled task to wake a waiter), for every message. The loop waits for one
+    // free slot, then receives as many messages as there are free slots.
     let free = concurrency
-    const slotWaiters: Array<() => void> = []
+    let waiting: (() => void) | undefined
     const grab = Effect.sync(() => {
-      const n = Math.min(free, perReceive)
-      free -= n
+      const n = free
+      free = 0
       return n
     })
     const takeSlots: Effect.Effect<number> = Effect.suspend(() =>
       free > 0 ? grab : Effect.zipRight(
         Effect.async<void>((resume) => {
-          const wake = () => resume(Effect.void)
-          slotWaiters.push(wake)
+          waiting = () => resume(Effect.void)
           return Effect.sync(() => {
-            const index = slotWaiters.indexOf(wake)
-            if (index >= 0) slotWaiters.splice(index, 1)
+            waiting = undefined
           })
         }),
         takeSlots
@@ -633,14 +629,17 @@ export const run = <H extends Api.Handlers, R>(
     )
     const releaseSlots = (n: number) => {
       free += n
-      for (let woken = 0; woken < n && slotWaiters.length > 0; woken++) slotWaiters.shift()!()
+      const wake = waiting
+      waiting = undefined
+      wake?.()
     }
 
     // One receive and the fibers of what it brought. Plain combinators rather than a generator:
-    // this runs once per message or two.
-    const receiveOnce = (lane: number): Effect.Effect<void, Api.StartError | ReceiveError> =>
-      Effect.flatMap(takeSlots, (wanted) =>
-        link.receive(wanted, receiveWait, lane).pipe(
+    // this runs once per few messages.
+    const receiveOnce: Effect.Effect<void, Api.StartError | ReceiveError> = Effect.flatMap(
+      takeSlots,
+      (wanted) =>
+        link.receive(wanted, receiveWait).pipe(
           Effect.tapErrorCause(() => Effect.sync(() => releaseSlots(wanted))),
           Effect.flatMap((batch) => {
             const items = batch.items
@@ -654,38 +653,28 @@ export const run = <H extends Api.Handlers, R>(
             const start = (item: Inbound) => FiberSet.run(inFlight, processOne(item, finished))
             return items.length === 1 ? Effect.asVoid(start(items[0])) : Effect.forEach(items, start, { discard: true })
           })
-        ))
+        )
+    )
 
-    // One loop per lane of the link, each receiving while there are free slots. A failed receive
-    // is tried again under `receiveBackoff`, whose driver is made only after a failure (a retry
-    // around every receive would make one each time). The loop yields between receives, as
-    // `Effect.forever` does, so that the message fibers it just forked start first.
-    const laneLoop = (lane: number): Effect.Effect<never, Api.StartError | ReceiveError> => {
-      const once = Effect.tapError(
-        receiveOnce(lane),
-        (error) => Effect.logWarning("Receiving failed; trying again", error)
-      )
-      const recover = (first: Api.StartError | ReceiveError) => {
-        let pending = true
-        const again = Effect.suspend(() => {
-          if (!pending) return once
-          pending = false
-          return Effect.fail(first)
-        })
-        return Effect.retry(again, receiveBackoff)
-      }
-      const loop: Effect.Effect<never, Api.StartError | ReceiveError> = Effect.flatMap(
-        Effect.catchAll(once, recover),
-        () => Effect.zipRight(Effect.yieldNow(), loop)
-      )
-      return loop
+    // The loop receives while there are free slots. A failed receive is tried again under
+    // `receiveBackoff`, whose driver is made only after a failure (a retry around every receive
+    // would make one each time). The loop yields between receives, as `Effect.forever` does, so
+    // that the message fibers it just forked start first.
+    const once = Effect.tapError(receiveOnce, (error) => Effect.logWarning("Receiving failed; trying again", error))
+    const recover = (first: Api.StartError | ReceiveError) => {
+      let pending = true
+      const again = Effect.suspend(() => {
+        if (!pending) return once
+        pending = false
+        return Effect.fail(first)
+      })
+      return Effect.retry(again, receiveBackoff)
     }
-    const loop = (lanes === 1
-      ? laneLoop(0)
-      : Effect.forEach(Array.from({ length: lanes }, (_, lane) => lane), laneLoop, {
-        concurrency: "unbounded",
-        discard: true
-      })).pipe(Effect.annotateLogs({ entity, processor: transport.name }))
+    const receiving: Effect.Effect<never, Api.StartError | ReceiveError> = Effect.flatMap(
+      Effect.catchAll(once, recover),
+      () => Effect.zipRight(Effect.yieldNow(), receiving)
+    )
+    const loop = receiving.pipe(Effect.annotateLogs({ entity, processor: transport.name }))
     const loopFiber = yield* Effect.forkScoped(Effect.interruptible(loop))
 
     // ---------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-// The processor's transports: how messages are received, committed and settled. The atomic one
-// runs on a transactional session (recreated when its connection is lost, since a session does
-// not reconnect by itself) and renews locks through an SDK receiver's management link; the
-// idempotent one runs over the MessageReceiver and MessageSender ports on a client of its own
-// (which replaces its SDK client as soon as the connection drops); the memory one over the ports
+// The processor's transports: how messages are received, committed and settled. The Service Bus
+// ones run on a session of their own (recreated when its connection is lost, since a session does
+// not reconnect by itself): a transactional session for atomic mode, which commits in group
+// transactions; one without a coordinator for idempotent mode, which sends and then completes.
+// Both renew locks through an SDK receiver's management link. The memory one runs over the ports
 // it is given.
 // Every mode renews locks with the same timer (`makeRenewals`), whose first renewal is timed
 // from the lock's expiry as received.
@@ -36,6 +36,7 @@ import { closeWithin } from "./closeWithin.js"
 import * as Receiver from "./messageReceiver.js"
 import { retryTransient } from "./messageRetry.js"
 import { settleError } from "./serviceBusErrors.js"
+import * as Transaction from "./serviceBusTransaction.js"
 import { withSpanIfTracing } from "./tracing.js"
 
 export interface Dispatch {
@@ -62,13 +63,10 @@ export interface Batch {
 }
 
 export interface Link {
-  /** How many receives may run at once, each on its own lane (`0` to `lanes - 1`). */
-  readonly lanes: number
-  readonly receive: (
-    maxMessages: number,
-    maxWait: Duration.Duration,
-    lane: number
-  ) => Effect.Effect<Batch, ReceiveError | Api.StartError>
+  readonly receive: (maxMessages: number, maxWait: Duration.Duration) => Effect.Effect<
+    Batch,
+    ReceiveError | Api.StartError
+  >
 }
 
 export interface OpenOptions {
@@ -246,21 +244,10 @@ export const makeRenewals = (options: LockRenewalOptions): Effect.Effect<Renewal
 // others, which can use up a short lock before the handler even starts; so one message is
 // received first, then whatever else is already there.
 const followUpWait = Duration.millis(20)
-// How long past a lock's expiry a settlement may still be answered (clocks differ a little).
-const settleGraceMillis = 1000
-// Links receiving at once for one processor over Service Bus.
-const maxLanes = 8
-
 const openPorts = (
   receiver: MessageReceiver.MessageReceiverService,
   sender: MessageSender.MessageSenderService,
-  options: OpenOptions,
-  // Whether a settlement may go unanswered (a connection lost under it): then it is bounded by
-  // the lock's expiry. The memory broker always answers at once.
-  boundSettlements: boolean,
-  // How many links receive at once: a link serves one receive at a time, and each waits for a
-  // round trip to the broker.
-  lanes: number
+  options: OpenOptions
 ): Effect.Effect<Link, never, Scope.Scope> =>
   Effect.gen(function*() {
     const parent = yield* Effect.scope
@@ -280,10 +267,7 @@ const openPorts = (
       )
     }
 
-    const inbound = (
-      delivery: MessageReceiver.Delivery,
-      tracked: Receiver.TrackedDelivery | undefined
-    ): Effect.Effect<Inbound> =>
+    const inbound = (delivery: MessageReceiver.Delivery): Effect.Effect<Inbound> =>
       Effect.suspend(() => {
         const message = delivery.message
         let lockedUntil = message.lockedUntil?.getTime()
@@ -292,34 +276,8 @@ const openPorts = (
             lockedUntil = until.getTime()
           }))
         const make = (stopRenewal: Effect.Effect<void>): Inbound => {
-          // A settlement answered after the lock ran out can only fail: it is given up then, so
-          // that a message received before a connection was lost (whose settlement may never be
-          // answered) is delivered again rather than holding its slot.
-          const late = (settlement: Settlement) => () =>
-            new MessageLockLost({
-              operation: settlement._tag.toLowerCase(),
-              entity: message.entity,
-              ...(message.messageId === undefined ? {} : { messageId: message.messageId }),
-              ...(message.lockToken === undefined ? {} : { lockToken: message.lockToken }),
-              reason: "no answer before the lock expired"
-            })
-          const bounded = (settlement: Settlement): Effect.Effect<void, SettleError> => {
-            if (lockedUntil === undefined) return delivery.settle(settlement)
-            // The receiver's own timer for the call bounds it: no race of fibers per settlement.
-            if (tracked !== undefined) {
-              return tracked.settleBy(settlement, { at: lockedUntil + settleGraceMillis, late: late(settlement) })
-            }
-            const until = lockedUntil
-            return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              // Interruptible: the processor settles in an uninterruptible region, where the
-              // timeout would otherwise wait for the settlement it gives up on.
-              Effect.timeoutFail(Effect.interruptible(delivery.settle(settlement)), {
-                duration: Duration.millis(Math.max(0, until - now) + settleGraceMillis),
-                onTimeout: late(settlement)
-              }))
-          }
           const settle = (settlement: Settlement): Effect.Effect<void, SettleError> =>
-            Effect.zipRight(stopRenewal, boundSettlements ? bounded(settlement) : delivery.settle(settlement))
+            Effect.zipRight(stopRenewal, delivery.settle(settlement))
           return {
             message,
             commit: (settlement, sends) =>
@@ -337,24 +295,23 @@ const openPorts = (
         Effect.forEach(deliveries, (delivery) => delivery.isSettled() ? Effect.void : delivery.abandonQuietly, {
           discard: true
         })
-      const receiveSome = (maxMessages: number, maxWait: Duration.Duration, lane: number) =>
-        internals.receive(options.source, maxMessages, maxWait, tracker, lane)
+      const receiveSome = (maxMessages: number, maxWait: Duration.Duration) =>
+        internals.receive(options.source, maxMessages, maxWait, tracker)
       return {
-        lanes,
-        receive: (maxMessages, maxWait, lane) => {
+        receive: (maxMessages, maxWait) => {
           const received: Array<Receiver.TrackedDelivery> = []
           return Effect.gen(function*() {
-            const first = yield* receiveSome(1, maxWait, lane)
+            const first = yield* receiveSome(1, maxWait)
             received.push(...first)
             if (first.length > 0 && maxMessages > 1) {
-              const more = yield* receiveSome(maxMessages - 1, followUpWait, lane).pipe(
+              const more = yield* receiveSome(maxMessages - 1, followUpWait).pipe(
                 Effect.catchAll((error) =>
                   Effect.as(Effect.logDebug("Receiving more messages failed; handling those received", error), [])
                 )
               )
               received.push(...more)
             }
-            const items = yield* Effect.forEach(received, (delivery) => inbound(delivery, delivery))
+            const items = yield* Effect.forEach(received, inbound)
             // Whatever is left unsettled once the batch is done with (a release) is abandoned.
             return { items, done: abandonAll(received) }
           }).pipe(
@@ -372,7 +329,6 @@ const openPorts = (
         Scope.extend(scope)
       )
     return {
-      lanes: 1,
       receive: (maxMessages, maxWait) =>
         Effect.flatMap(Scope.fork(parent, { _tag: "Sequential" }), (scope) =>
           Effect.gen(function*() {
@@ -384,7 +340,7 @@ const openPorts = (
                   Effect.as(Effect.logDebug("Receiving more messages failed; handling those received", error), [])
                 )
               )
-            const items = yield* Effect.forEach([...first, ...more], (delivery) => inbound(delivery, undefined))
+            const items = yield* Effect.forEach([...first, ...more], inbound)
             return { items, done: Scope.close(scope, Exit.void) }
           }).pipe(
             // Interrupted or failed before the batch is handed over: its deliveries are abandoned.
@@ -400,7 +356,7 @@ export const memory: TransportImpl<MessageReceiver.MessageReceiver | MessageSend
     Effect.gen(function*() {
       const receiver = yield* MessageReceiver.MessageReceiver
       const sender = yield* MessageSender.MessageSender
-      return yield* openPorts(receiver, sender, options, false, 1)
+      return yield* openPorts(receiver, sender, options)
     })
 }
 
@@ -423,32 +379,6 @@ const makeClient = (options: Api.ServiceBusOptions) =>
   ServiceBusClient.make(clientOptions(options)).pipe(
     Effect.mapError((error): ServiceError => error)
   )
-
-// The client replaces its SDK client as soon as the connection drops, and its ports end the
-// calls in flight on the dropped connection at once (see `ServiceBusClient.make`): the receiver
-// and sender then work on the new connection, and the messages received on the old one are
-// delivered again once their locks expire.
-export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never> => ({
-  mode: "idempotent",
-  name: "idempotent",
-  open: (open) =>
-    Effect.gen(function*() {
-      const client = yield* makeClient(options)
-      const receiver = yield* MessageReceiver.makeServiceBus().pipe(
-        Effect.provideService(ServiceBusClient.ServiceBusClient, client)
-      )
-      const sender = yield* MessageSender.makeServiceBus().pipe(
-        Effect.provideService(ServiceBusClient.ServiceBusClient, client)
-      )
-      if (open.lockRenewal !== false) {
-        // Renewals go through the entity's management link, which opens on its first request and
-        // is shared by the client's receivers of that entity: open it now, so that the first
-        // renewal does not pay for it while a lock runs out.
-        yield* Effect.forkScoped(Effect.ignore(receiver.peek(open.source, { maxMessages: 1 })))
-      }
-      return yield* openPorts(receiver, sender, open, true, Math.min(open.concurrency, maxLanes))
-    })
-})
 
 // ---------------------------------------------------------------------------------------------
 // Atomic
@@ -593,9 +523,20 @@ const closeBounded = (scope: Scope.CloseableScope, what = "A transactional sessi
 const isConnectionLost = (error: unknown): boolean =>
   typeof error === "object" && error !== null && "_tag" in error && error._tag === "ConnectionLost"
 
-export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => ({
-  mode: "atomic",
-  name: "atomic",
+/**
+ * Atomic mode: a transactional session, whose messages are committed in group transactions.
+ *
+ * Idempotent mode: a session without transactions (a Basic tier namespace has none): the sends
+ * of a message are written, and once Service Bus has accepted them all, the message is completed,
+ * in one wire wait. A retry sends the same message ids again, which duplicate detection drops.
+ */
+export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => onSession("atomic", options)
+
+export const idempotent = (options: Api.ServiceBusOptions): TransportImpl<never> => onSession("idempotent", options)
+
+const onSession = (mode: "atomic" | "idempotent", options: Api.ServiceBusOptions): TransportImpl<never> => ({
+  mode,
+  name: mode,
   open: (open) =>
     Effect.gen(function*() {
       const parent = yield* Effect.scope
@@ -614,11 +555,16 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
       // links do not answer their detach must not hold the processor's shutdown.
       const create: Effect.Effect<Held, Api.StartError> = Effect.gen(function*() {
         const scope = yield* Scope.make()
-        const session = yield* ServiceBusTransaction.makeSession(sessionOptions).pipe(
-          Scope.extend(scope),
-          Effect.onError(() => Scope.close(scope, Exit.void))
-        )
-        return { session, scope, commit: makeGroupCommit(session, parent) }
+        const session = yield* (mode === "atomic"
+          ? ServiceBusTransaction.makeSession(sessionOptions)
+          : Transaction.makePlainSession(sessionOptions)).pipe(
+            Scope.extend(scope),
+            Effect.onError(() => Scope.close(scope, Exit.void))
+          )
+        const commit: GroupCommit = mode === "atomic"
+          ? makeGroupCommit(session, parent)
+          : (message, settlement, sends) => Transaction.sendThenSettle(session, message, settlement, sends)
+        return { session, scope, commit }
       })
       const replace = lock.withPermits(1)(Effect.suspend(() => {
         if (held !== undefined) return Effect.succeed(held)
@@ -728,7 +674,6 @@ export const atomic = (options: Api.ServiceBusOptions): TransportImpl<never> => 
       })
 
       const link: Link = {
-        lanes: 1,
         receive: (maxMessages, maxWait) =>
           Effect.gen(function*() {
             const h = yield* current

@@ -21,17 +21,8 @@ import { withSpanIfTracing } from "./tracing.js"
 
 export interface RawDelivery {
   readonly message: ReceivedMessage
-  /**
-   * Settles. With a deadline (in `Clock` milliseconds), a settlement not answered by then fails
-   * with `late()` instead; a backend that always answers at once may ignore it.
-   */
-  readonly settle: (settlement: Settlement, deadline?: Deadline) => Effect.Effect<void, SettleError>
+  readonly settle: (settlement: Settlement) => Effect.Effect<void, SettleError>
   readonly renewLock: Effect.Effect<Date, SettleError>
-}
-
-export interface Deadline {
-  readonly at: number
-  readonly late: () => SettleError
 }
 
 export interface ReceiverLink {
@@ -139,8 +130,6 @@ const makeDelivery = (
 /** A delivery that the caller tracks itself: abandoned quietly when given up, settled or not. */
 export interface TrackedDelivery extends DeliveryImpl {
   readonly isSettled: () => boolean
-  /** Settles, giving up with `deadline.late()` when the settlement is not answered in time. */
-  readonly settleBy: (settlement: Settlement, deadline: Deadline) => Effect.Effect<void, SettleError>
   readonly renewWith: (fiber: Fiber.RuntimeFiber<void>) => void
 }
 
@@ -160,7 +149,7 @@ const makeTracked = (
     sequenceNumber: String(message.sequenceNumber)
   })
 
-  const settle = (settlement: Settlement, deadline?: Deadline): Effect.Effect<void, SettleError> =>
+  const settle = (settlement: Settlement): Effect.Effect<void, SettleError> =>
     Effect.suspend(() => {
       if (settledWith !== undefined) {
         return Effect.fail(
@@ -175,7 +164,7 @@ const makeTracked = (
       settledWith = settlement
       tracker.unsettled.delete(delivery)
       return stopRenewal.pipe(
-        Effect.zipRight(retryTransient(raw.settle(settlement, deadline), retry)),
+        Effect.zipRight(retryTransient(raw.settle(settlement), retry)),
         Effect.tapError((error) =>
           // A transient failure left the message as it was: let the caller settle it again.
           isTransient(error)
@@ -195,7 +184,6 @@ const makeTracked = (
 
   const delivery: TrackedDelivery = {
     isSettled: () => settledWith !== undefined,
-    settleBy: settle,
     renewWith: (fiber) => {
       renewal = fiber
     },
@@ -259,8 +247,7 @@ export interface ReceiverInternals {
     source: Source,
     maxMessages: number,
     maxWait: Duration.Duration,
-    tracker: Tracker,
-    lane: number
+    tracker: Tracker
   ) => Effect.Effect<ReadonlyArray<TrackedDelivery>, ReceiveError>
 }
 
@@ -280,7 +267,7 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
     // call at a time (the SDK refuses concurrent receives on one receiver).
     const links = new Map<string, { readonly link: ReceiverLink; readonly lock: Effect.Semaphore }>()
     const linksLock = yield* Effect.makeSemaphore(1)
-    // `lane` tells apart links on the same source, for callers that receive on several at once.
+    // `lane` tells apart links on the same source: the processor's link is lane 1.
     const cachedLink = (source: Source, lane = 0) => {
       const found = links.get(lane === 0 ? keyOf(source) : `${keyOf(source)}#${lane}`)
       return found !== undefined ? Effect.succeed(found) : openLink(source, lane)
@@ -307,12 +294,12 @@ export const make = (backend: ReceiverBackend): Effect.Effect<MessageReceiverSer
 
     const internal: ReceiverInternals = {
       makeTracker,
-      // Lane `n` of the caller is link `n + 1`: a loop that receives again as soon as a receive
-      // ends would otherwise keep a `receive` of the public API waiting for link 0 for good (a
-      // semaphore wakes its waiter a task later, and the loop takes the permit back first).
-      receive: (source, maxMessages, maxWait, tracker, lane) =>
+      // On a link of its own: a loop that receives again as soon as a receive ends would
+      // otherwise keep a `receive` of the public API waiting for link 0 for good (a semaphore
+      // wakes its waiter a task later, and the loop takes the permit back first).
+      receive: (source, maxMessages, maxWait, tracker) =>
         Effect.flatMap(
-          retrying(cachedLink(source, lane + 1)),
+          retrying(cachedLink(source, 1)),
           ({ link, lock }) =>
             Effect.uninterruptibleMask((restore) =>
               Effect.map(

@@ -2,7 +2,7 @@
 // renewal off (the shared receiver renews on its own fiber, so that one policy applies) and
 // bodies left as bytes (parsed here, so a body that is not JSON is reported, not guessed at).
 import type { ServiceBusReceivedMessage, ServiceBusReceiver, ServiceBusReceiverOptions } from "@azure/service-bus"
-import { Clock, Duration, Effect, Either, Scope } from "effect"
+import { Duration, Effect, Either, Scope } from "effect"
 import Long from "long"
 import type { MessageReceiverService, ServiceBusOptions, Settlement, Source } from "../MessageReceiver.js"
 import { ServiceBusClient } from "../ServiceBusClient.js"
@@ -12,7 +12,7 @@ import type { Start } from "./amqp/callbackWait.js"
 import { awaitCallback, boundedPromise } from "./amqp/callbackWait.js"
 import { closeWithin } from "./closeWithin.js"
 import { fromSdkMessage } from "./messageCodec.js"
-import type { Deadline, RawDelivery, ReceiverBackend } from "./messageReceiver.js"
+import type { RawDelivery, ReceiverBackend } from "./messageReceiver.js"
 import * as Receiver from "./messageReceiver.js"
 import { failOnLoss, madeBy, rememberClient } from "./sdkConnection.js"
 import type { ErrorContext } from "./serviceBusErrors.js"
@@ -58,26 +58,11 @@ const settleStart =
     return () => undefined
   }
 
-const callSettle = <A>(context: ErrorContext, limit: Duration.Duration, f: () => Promise<A>, deadline?: Deadline) =>
-  deadline === undefined
-    ? awaitCallback<A, SettleError, OperationTimeout>(settleStart(f, (cause) => settleError(cause, context)), {
-      timeout: limit,
-      onTimeout: timedOut(context, limit)
-    })
-    // The one timer of the call serves both limits: whichever comes first.
-    : Effect.flatMap(Clock.currentTimeMillis, (now) => {
-      const left = Math.max(0, deadline.at - now)
-      const start = settleStart(f, (cause) => settleError(cause, context))
-      return left < Duration.toMillis(limit)
-        ? awaitCallback<A, SettleError, SettleError>(start, {
-          timeout: Duration.millis(left),
-          onTimeout: deadline.late
-        })
-        : awaitCallback<A, SettleError, OperationTimeout>(start, {
-          timeout: limit,
-          onTimeout: timedOut(context, limit)
-        })
-    })
+const callSettle = <A>(context: ErrorContext, limit: Duration.Duration, f: () => Promise<A>) =>
+  awaitCallback<A, SettleError, OperationTimeout>(settleStart(f, (cause) => settleError(cause, context)), {
+    timeout: limit,
+    onTimeout: timedOut(context, limit)
+  })
 
 const toLong = (value: bigint): Long => Long.fromString(value.toString())
 
@@ -195,33 +180,22 @@ export const make = (
         messageId: message.messageId,
         lockToken: message.lockToken
       })
-      const settle = (settlement: Settlement, deadline?: Deadline) =>
-        gate(settlement._tag !== "Complete", settleOnce(settlement, deadline))
-      const settleOnce = (settlement: Settlement, deadline: Deadline | undefined) => {
+      const settle = (settlement: Settlement) => gate(settlement._tag !== "Complete", settleOnce(settlement))
+      const settleOnce = (settlement: Settlement) => {
         switch (settlement._tag) {
           case "Complete":
-            return callSettle(context("complete"), limit, () => receiver.completeMessage(sdk), deadline)
+            return callSettle(context("complete"), limit, () => receiver.completeMessage(sdk))
           case "Abandon":
-            return callSettle(
-              context("abandon"),
-              limit,
-              () => receiver.abandonMessage(sdk, settlement.properties),
-              deadline
-            )
+            return callSettle(context("abandon"), limit, () => receiver.abandonMessage(sdk, settlement.properties))
           case "Defer":
-            return callSettle(
-              context("defer"),
-              limit,
-              () => receiver.deferMessage(sdk, settlement.properties),
-              deadline
-            )
+            return callSettle(context("defer"), limit, () => receiver.deferMessage(sdk, settlement.properties))
           case "DeadLetter":
             return callSettle(context("deadLetter"), limit, () =>
               receiver.deadLetterMessage(sdk, {
                 ...settlement.properties,
                 deadLetterReason: settlement.reason,
                 deadLetterErrorDescription: settlement.description ?? ""
-              }), deadline)
+              }))
         }
       }
       return {

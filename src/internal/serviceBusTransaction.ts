@@ -9,7 +9,7 @@ import { Cause, Duration, Effect, Either, Exit, Scope } from "effect"
 import type { Delivery, EventContext, Message as RheaMessage, Receiver, Sender } from "rhea"
 import type { OutgoingMessage, Properties, ReceivedMessage } from "../Message.js"
 import type { Settlement } from "../MessageReceiver.js"
-import type { ServiceError, SettleError } from "../ServiceBusError.js"
+import type { SendError, ServiceError, SettleError } from "../ServiceBusError.js"
 import {
   AlreadySettled,
   ConnectionLost,
@@ -29,7 +29,12 @@ import {
 import { awaitCallback, type Start } from "./amqp/callbackWait.js"
 import * as Coordinator from "./amqp/coordinator.js"
 import * as Management from "./amqp/management.js"
-import { sendTransactional, TransactionEvents, verifyTransactionSupport } from "./amqp/transactionalTransfer.js"
+import {
+  enableTransactionalTransfers,
+  sendTransactional,
+  TransactionEvents,
+  verifyTransactionSupport
+} from "./amqp/transactionalTransfer.js"
 import {
   accepted,
   Amqp,
@@ -341,7 +346,8 @@ const whenSendable = (sender: Sender, f: () => void): () => void => {
 interface SessionInternals {
   readonly connection: AmqpConnection.AmqpConnection
   readonly entity: string
-  readonly coordinator: Coordinator.Coordinator
+  /** Undefined on a session opened without transactions (`makePlainSession`). */
+  readonly coordinator: Coordinator.Coordinator | undefined
   readonly receiver: Receiver
   readonly deliveries: Map<string, Delivery>
   readonly sender: (destination: string) => Effect.Effect<Sender, ServiceError>
@@ -382,6 +388,19 @@ const internals = new WeakMap<Api.TransactionalSession, SessionInternals>()
 
 export const makeSession = (
   options: Api.SessionOptions
+): Effect.Effect<Api.TransactionalSession, ServiceError | TransactionsUnsupported, Scope.Scope> => open(options, true)
+
+/**
+ * A session without a coordinator, for a namespace without transactions (the Basic tier): it
+ * receives, settles, renews locks and sends (`sendThenSettle`), each on its own; `run` refuses it.
+ */
+export const makePlainSession = (
+  options: Api.SessionOptions
+): Effect.Effect<Api.TransactionalSession, ServiceError | TransactionsUnsupported, Scope.Scope> => open(options, false)
+
+const open = (
+  options: Api.SessionOptions,
+  transactions: boolean
 ): Effect.Effect<Api.TransactionalSession, ServiceError | TransactionsUnsupported, Scope.Scope> =>
   Effect.gen(function*() {
     yield* ensureTransactionSupport
@@ -432,18 +451,29 @@ export const makeSession = (
     for (const destination of options.destinations ?? []) yield* connection.authorize(destination)
 
     const session = yield* connection.openSession
-    const coordinator = yield* Coordinator.make(session, { timeout: operationTimeout }).pipe(
-      Effect.mapError((error): ServiceError | TransactionsUnsupported =>
-        error._tag === "TransactionSupportError"
-          ? new TransactionsUnsupported({ reason: error.reason })
-          : new ServiceBusUnavailable({
-            operation: "attach coordinator",
-            entity,
-            reason: error.message
-          })
-      ),
-      (effect) => guard(effect, "attach coordinator")
-    )
+    const coordinator = transactions
+      ? yield* Coordinator.make(session, { timeout: operationTimeout }).pipe(
+        Effect.mapError((error): ServiceError | TransactionsUnsupported =>
+          error._tag === "TransactionSupportError"
+            ? new TransactionsUnsupported({ reason: error.reason })
+            // A namespace without transactions (the Basic tier) refuses the coordinator.
+            : error._tag === "CoordinatorUnavailable" && error.condition === "amqp:not-implemented"
+            ? new TransactionsUnsupported({ reason: error.reason })
+            : new ServiceBusUnavailable({
+              operation: "attach coordinator",
+              entity,
+              reason: error.message
+            })
+        ),
+        (effect) => guard(effect, "attach coordinator")
+      )
+      : undefined
+    // Without a coordinator, the session still gets the hook that writes one disposition frame
+    // per delivery when rhea would merge different states into one range.
+    if (coordinator === undefined) {
+      const hooked = enableTransactionalTransfers(session)
+      if (Either.isLeft(hooked)) return yield* new TransactionsUnsupported({ reason: hooked.left.reason })
+    }
 
     // The receiver is the first entity link: it makes `entity` (its topic, for a subscription)
     // the via entity of the session.
@@ -654,10 +684,15 @@ export const makeSession = (
         closed = true
       })
     )
-    const declareNow: Start<Buffer, Coordinator.CoordinatorError> = (finish) =>
-      coordinator.request(encodeDeclare(), (answer) => finish(Either.flatMap(answer, Coordinator.declareResult)))
+    const declareNow: Start<Buffer, Coordinator.CoordinatorError> = (finish) => {
+      if (coordinator === undefined) {
+        finish(Either.left(new Coordinator.CoordinatorUnavailable({ reason: "the session has no transactions" })))
+        return () => undefined
+      }
+      return coordinator.request(encodeDeclare(), (answer) => finish(Either.flatMap(answer, Coordinator.declareResult)))
+    }
     const rollBack = (txnId: Buffer) => {
-      if (closed || connection.isLost()) return
+      if (closed || connection.isLost() || coordinator === undefined) return
       coordinator.request(encodeDischarge(txnId, true), () => undefined)
     }
     const refill = () => {
@@ -1023,19 +1058,24 @@ type Pending =
   | { readonly _tag: "Send"; readonly destination: string; readonly messages: ReadonlyArray<Encoded> }
   | { readonly _tag: "Settle"; readonly message: ReceivedMessage; readonly settlement: Settlement }
 
-/** Starts one transactional send: waits for credit, writes the transfer, listens for the answer. */
+/**
+ * Starts one send (in the transaction `txnId`, when given): waits for credit, writes the
+ * transfer, listens for the answer.
+ */
 const startSend = (
   session: SessionInternals,
   sender: Sender,
   destination: string,
   encoded: Encoded,
-  txnId: Uint8Array
+  txnId: Uint8Array | undefined
 ): Start<void, Api.TransactionError> =>
 (finish) => {
   const context = { operation: "send", entity: destination, messageId: encoded.message.messageId }
   let stopAnswer: (() => void) | undefined
   const stopWaiting = whenSendable(sender, () => {
-    const delivery = sendTransactional(sender, toRheaMessage(encoded), txnId)
+    const delivery = txnId === undefined
+      ? Either.right(sender.send(toRheaMessage(encoded)))
+      : sendTransactional(sender, toRheaMessage(encoded), txnId)
     if (Either.isLeft(delivery)) {
       return finish(Either.left(new ServiceBusUnavailable({ ...context, reason: delivery.left.message })))
     }
@@ -1085,6 +1125,79 @@ const startAll = <E>(
   return () => {
     for (const stop of stops) stop()
   }
+}
+
+/**
+ * Sends each message, and once Service Bus has accepted them all, settles `message`: outside any
+ * transaction, as the processor's idempotent mode commits. The sends are pipelined; a send
+ * refused leaves the message unsettled. One wire wait for all of it.
+ */
+export const sendThenSettle = (
+  api: Api.TransactionalSession,
+  message: ReceivedMessage,
+  settlement: Settlement,
+  sends: ReadonlyArray<{ readonly destination: string; readonly messages: ReadonlyArray<OutgoingMessage> }>
+): Effect.Effect<void, SendError | SettleError> => {
+  const session = internals.get(api)
+  if (session === undefined) {
+    return Effect.dieMessage("sendThenSettle needs a session made by ServiceBusTransaction.makeSession")
+  }
+  const settlementMaps = (error: Api.TransactionError): SendError | SettleError =>
+    error._tag === "TransactionFailed" || error._tag === "TransactionTimeout" || error._tag === "TransactionTooLarge"
+      ? new ServiceBusFailure({ operation: "send", entity: session.entity, reason: error.message })
+      : error
+  return Effect.flatMap(
+    Effect.forEach(sends, (dispatch) =>
+      Effect.zipWith(
+        encodeAll(dispatch.destination, dispatch.messages),
+        Effect.suspend(() => {
+          const ready = session.readySender(dispatch.destination)
+          return ready === undefined ? session.sender(dispatch.destination) : Effect.succeed(ready)
+        }),
+        (encoded, sender) => ({ destination: dispatch.destination, encoded, sender })
+      )),
+    (prepared) => {
+      const operations: Array<{ readonly name: string; readonly start: Start<void, Api.TransactionError> }> = []
+      for (const { destination, encoded, sender } of prepared) {
+        for (const one of encoded) {
+          operations.push({ name: "send", start: startSend(session, sender, destination, one, undefined) })
+        }
+      }
+      const onLink = message.lockToken === undefined || session.deliveries.has(message.lockToken)
+      const sendAll = startAll(operations, new Set())
+      if (!onLink) {
+        // Settled through the management node (its delivery is gone from the link).
+        return Effect.zipRight(
+          Effect.mapError(session.wire(sendAll, () => "send"), settlementMaps),
+          Effect.mapError(settleDelivery(session, message, settlement, undefined), settlementMaps)
+        )
+      }
+      const settle = startSettle(session, message, settlement, undefined)
+      return Effect.mapError(
+        session.wire<void, Api.TransactionError>((finish) => {
+          let stopSettle: (() => void) | undefined
+          let ended = false
+          const stopSends = sendAll((result) => {
+            if (ended) return
+            if (Either.isLeft(result)) {
+              ended = true
+              return finish(result)
+            }
+            stopSettle = settle((settled) => {
+              ended = true
+              finish(settled)
+            })
+          })
+          return () => {
+            ended = true
+            stopSends()
+            stopSettle?.()
+          }
+        }, () => "send and settle"),
+        settlementMaps
+      )
+    }
+  )
 }
 
 const coordinatorError = (
@@ -1139,6 +1252,10 @@ const discharge =
   (session: SessionInternals, txnId: Uint8Array, fail: boolean): Start<void, Coordinator.CoordinatorError> =>
   (finish) => {
     session.prepareNext()
+    if (session.coordinator === undefined) {
+      finish(Either.left(new Coordinator.CoordinatorUnavailable({ reason: "the session has no transactions" })))
+      return () => undefined
+    }
     return session.coordinator.request(
       encodeDischarge(txnId, fail),
       (answer) => finish(Either.flatMap(answer, (state) => Coordinator.dischargeResult(txnId, state)))
@@ -1164,7 +1281,7 @@ export const run = <A, E, R>(
   body: (transaction: Api.Transaction) => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | Api.TransactionError, R> => {
   const session = internals.get(api)
-  if (session === undefined) {
+  if (session === undefined || session.coordinator === undefined) {
     return Effect.dieMessage("ServiceBusTransaction.run needs a session made by ServiceBusTransaction.makeSession")
   }
   const entity = session.entity

@@ -325,6 +325,8 @@ export type Target =
 export interface BrokerLimits {
   readonly transactionTimeoutMs: number
   readonly maxTransactionOperations: number
+  /** False for a namespace without transactions (the Basic tier). */
+  readonly transactions?: boolean | undefined
 }
 
 const dotnetGuidOrder = (bytes: Buffer): Buffer =>

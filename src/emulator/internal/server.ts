@@ -355,6 +355,9 @@ export class EmulatorServer {
     const coordinatorTarget = session.coordinatorTargets.get(link.name)
     if (coordinatorTarget !== undefined) {
       session.coordinatorTargets.delete(link.name)
+      if (this.broker.limits.transactions === false) {
+        return this.refuseLink(link, "amqp:not-implemented", "This namespace has no transactions (Basic tier).")
+      }
       link.local.attach.target = coordinatorTarget
       link.set_source({ address: remote?.source?.address ?? null })
       this.register(link, conn, session, { kind: "coordinator" })

@@ -88,7 +88,11 @@ export class CoordinatorTimeout extends Schema.TaggedError<CoordinatorTimeout>(
 /** The coordinator link is closed or answered with something a coordinator never sends. */
 export class CoordinatorUnavailable extends Schema.TaggedError<CoordinatorUnavailable>(
   "effect-eventually/CoordinatorUnavailable"
-)("CoordinatorUnavailable", { reason: Schema.String }) {
+)("CoordinatorUnavailable", {
+  reason: Schema.String,
+  /** The error condition of the detach, when the coordinator refused the link. */
+  condition: Schema.optionalWith(Schema.String, { exact: true })
+}) {
   override get message(): string {
     return `The transaction coordinator is unavailable: ${this.reason}.`
   }
@@ -241,21 +245,35 @@ export const make = (
       }),
       (sender) => Effect.sync(() => sender.close())
     )
+    // A refused link is answered with a null target (as decoded here: a typed value holding
+    // null), then detached with the reason.
+    const accepted = () => {
+      const target = (sender as unknown as { remote?: { attach?: { target?: unknown } } }).remote?.attach?.target
+      if (target == null) return false
+      return !(typeof target === "object" && "value" in target && target.value == null)
+    }
     yield* Effect.async<void, CoordinatorUnavailable>((resume) => {
-      const onOpen = () => done(undefined)
+      const onOpen = () => {
+        if (accepted()) done(undefined)
+      }
       const onClose = (context: EventContext) => {
         const error = context.sender?.error as { description?: string; condition?: string } | undefined
-        done(`the coordinator refused the link${error ? ` (${error.condition}: ${error.description})` : ""}`)
+        done(
+          new CoordinatorUnavailable({
+            reason: `the coordinator refused the link${error ? ` (${error.condition}: ${error.description})` : ""}`,
+            ...(error?.condition === undefined ? {} : { condition: error.condition })
+          })
+        )
       }
-      const done = (reason: string | undefined) => {
+      const done = (refused: CoordinatorUnavailable | undefined) => {
         cleanup()
-        resume(reason === undefined ? Effect.void : Effect.fail(new CoordinatorUnavailable({ reason })))
+        resume(refused === undefined ? Effect.void : Effect.fail(refused))
       }
       const cleanup = () => {
         sender.removeListener("sender_open", onOpen)
         for (const e of linkEvents) sender.removeListener(e, onClose)
       }
-      if (sender.is_remote_open()) return resume(Effect.void)
+      if (sender.is_remote_open() && accepted()) return resume(Effect.void)
       sender.on("sender_open", onOpen)
       for (const e of linkEvents) sender.on(e, onClose)
       return Effect.sync(cleanup)
