@@ -1,6 +1,6 @@
 // The processor conformance suite against the in-repo emulator, in idempotent and atomic mode.
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Schema } from "effect"
+import { Context, Effect, Exit, Schedule, Schema } from "effect"
 import { ServiceBusEmulator } from "../src/emulator/index.js"
 import * as MessageProcessor from "../src/MessageProcessor.js"
 import * as MessageReceiver from "../src/MessageReceiver.js"
@@ -84,4 +84,38 @@ describe("MessageProcessor on a namespace without transactions", () => {
         assert.strictEqual((error as { _tag?: string } | undefined)?._tag, "TransactionsUnsupported")
       }
     })), 30_000)
+})
+
+// Service Bus detaches idle links (and links to an entity that was updated) while the connection
+// stays: the processor receives and sends again on new links.
+describe("MessageProcessor after Service Bus detaches its links", () => {
+  const queues = [{ name: "in" }, { name: "out" }]
+  for (const mode of ["atomic", "idempotent"] as const) {
+    it.live(`${mode} mode`, () =>
+      Effect.scoped(Effect.gen(function*() {
+        const { connection, context, emulator } = yield* start(queues)
+        yield* Effect.gen(function*() {
+          yield* seed("in", [input(1)])
+          const processor = yield* MessageProcessor.run({
+            source: MessageReceiver.queue("in"),
+            transport: mode === "atomic"
+              ? MessageProcessor.atomic({ connection })
+              : MessageProcessor.idempotent({ connection }),
+            receiveWait: "500 millis",
+            handlers: {
+              OrderPlaced: MessageProcessor.handler(Schema.Unknown, (body, ctx) => ctx.send("out", { body }))
+            }
+          })
+          yield* within(processor.awaitStats((s) => s.completed >= 1), "the first completion")
+          assert.isAbove(yield* emulator.faults.detachLinks, 0)
+          // The test's own SDK sender was detached too: its first send may meet the old link.
+          yield* seed("in", [input(2), input(3)]).pipe(
+            Effect.retry({ times: 10, schedule: Schedule.spaced("100 millis") })
+          )
+          const stats = yield* within(processor.awaitStats((s) => s.completed >= 3), "completions after the detach")
+          assert.strictEqual(stats.completed, 3)
+          assert.strictEqual((yield* peekAll("out")).length, 3)
+        }).pipe(Effect.provide(context))
+      })), 40_000)
+  }
 })

@@ -145,7 +145,7 @@ export interface Options {
   readonly maxTransactionOperations?: number | undefined
   /**
    * Whether the namespace has transactions (default true). `false` plays a Basic tier namespace:
-   * a link to the transaction coordinator is refused with `amqp:not-implemented`.
+   * a declare is rejected with `amqp:not-allowed`, as Service Bus does there.
    */
   readonly transactions?: boolean | undefined
 }
@@ -173,6 +173,11 @@ export interface EntityCounts {
 export interface Faults {
   /** Closes every client connection (with `amqp:connection:forced`, or by dropping the socket). */
   readonly closeConnections: (options?: { readonly abrupt?: boolean }) => Effect.Effect<number>
+  /**
+   * Detaches every sender and receiver link of every client with `amqp:link:detach-forced`,
+   * keeping the connections, as Service Bus does with idle links; returns how many.
+   */
+  readonly detachLinks: Effect.Effect<number>
   /** Refuses the next `count` operations (sends, settlements, management requests). */
   readonly refuseNext: (
     count: number,
@@ -415,6 +420,7 @@ export const start = async (options: Options = {}): Promise<RunningEmulator> => 
   }
   const faults: Faults = {
     closeConnections: (o) => Effect.sync(() => server.closeConnections(o?.abrupt ?? false)),
+    detachLinks: Effect.sync(() => server.detachLinks()),
     refuseNext: (count, o) =>
       Effect.sync(() => {
         server.faults.refuseRemaining = count

@@ -223,7 +223,16 @@ export const run = <H extends Api.Handlers, R>(
         f(next)
         current = next
         for (const waiter of waiters) {
-          if (waiter.predicate(next)) {
+          // A predicate that throws fails its own wait, not the message being counted.
+          let met: boolean
+          try {
+            met = waiter.predicate(next)
+          } catch (defect) {
+            waiters.delete(waiter)
+            Deferred.unsafeDone(waiter.done, Exit.die(defect))
+            continue
+          }
+          if (met) {
             waiters.delete(waiter)
             Deferred.unsafeDone(waiter.done, Exit.succeed(next))
           }
@@ -564,16 +573,18 @@ export const run = <H extends Api.Handlers, R>(
           })
         })
         // Uninterruptible but for the handler: whatever happens, the message is settled or
-        // released, counted, and `after` runs. Nothing escapes a message's fiber: the loop and the
-        // other messages keep going.
+        // released, counted, and `after` runs (it gives the slot back). Nothing escapes a
+        // message's fiber: the loop and the other messages keep going.
+        const unexpected = (cause: Cause.Cause<unknown>) =>
+          Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release)
+        const done = Effect.zipRight(Effect.catchAllCause(finished, unexpected), after)
         const body = Effect.uninterruptibleMask((restore) =>
-          Effect.zipRight(
-            Effect.zipRight(
-              started,
-              Effect.catchAllCause(work(restore), (cause) =>
-                Effect.zipRight(Effect.logError("Message processing failed unexpectedly", cause), item.release))
-            ),
-            Effect.zipRight(finished, after)
+          Effect.matchCauseEffect(
+            Effect.zipRight(started, Effect.catchAllCause(work(restore), unexpected)),
+            {
+              onFailure: (cause) => Effect.zipRight(Effect.zipRight(unexpected(cause), done), Effect.failCause(cause)),
+              onSuccess: () => done
+            }
           )
         )
         const annotated = Effect.zipRight(
@@ -619,6 +630,8 @@ export const run = <H extends Api.Handlers, R>(
     const takeSlots: Effect.Effect<number> = Effect.suspend(() =>
       free > 0 ? grab : Effect.zipRight(
         Effect.async<void>((resume) => {
+          // A slot freed since the check above: no wait.
+          if (free > 0) return resume(Effect.void)
           waiting = () => resume(Effect.void)
           return Effect.sync(() => {
             waiting = undefined

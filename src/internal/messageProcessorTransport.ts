@@ -11,6 +11,7 @@ import type { Schedule } from "effect"
 import {
   Cause,
   Clock,
+  Context,
   Deferred,
   Duration,
   Effect,
@@ -25,6 +26,7 @@ import {
 import Long from "long"
 import type { OutgoingMessage, ReceivedMessage } from "../Message.js"
 import type * as Api from "../MessageProcessor.js"
+import { CurrentMessage } from "../MessageProcessor.js"
 import type { LockRenewalOptions, Settlement, Source } from "../MessageReceiver.js"
 import * as MessageReceiver from "../MessageReceiver.js"
 import * as MessageSender from "../MessageSender.js"
@@ -506,9 +508,12 @@ const makeGroupCommit = (
         queue.push({ message, settlement, sends, operations, done })
         if (running >= groupsInFlight) return Deferred.await(done)
         running++
-        // Without the annotations of the message that starts it: the fiber serves others too.
+        // Without the annotations and the `CurrentMessage` of the message that starts it: the
+        // fiber serves others too.
+        const detached = Effect.mapInputContext(drain, (services: Context.Context<never>) =>
+          Context.omit(CurrentMessage)(services as Context.Context<CurrentMessage>) as Context.Context<never>)
         return Effect.zipRight(
-          Effect.forkIn(Effect.locally(drain, FiberRef.currentLogAnnotations, HashMap.empty()), scope),
+          Effect.forkIn(Effect.locally(detached, FiberRef.currentLogAnnotations, HashMap.empty()), scope),
           Deferred.await(done)
         )
       })))

@@ -403,7 +403,8 @@ const open = (
   transactions: boolean
 ): Effect.Effect<Api.TransactionalSession, ServiceError | TransactionsUnsupported, Scope.Scope> =>
   Effect.gen(function*() {
-    yield* ensureTransactionSupport
+    // A plain session needs only its disposition hook, checked when it is installed below.
+    if (transactions) yield* ensureTransactionSupport
     const operationTimeout = Duration.decode(options.operationTimeout ?? defaultOperationTimeout)
     const entity = pathOf(options.entity)
     const viaEntity = options.entity._tag === "Queue" ? options.entity.queue : options.entity.topic
@@ -456,8 +457,8 @@ const open = (
         Effect.mapError((error): ServiceError | TransactionsUnsupported =>
           error._tag === "TransactionSupportError"
             ? new TransactionsUnsupported({ reason: error.reason })
-            // A namespace without transactions (the Basic tier) refuses the coordinator.
-            : error._tag === "CoordinatorUnavailable" && error.condition === "amqp:not-implemented"
+            // A namespace without transactions may refuse the coordinator itself.
+            : error._tag === "CoordinatorUnavailable" && refusesTransactions(error.condition)
             ? new TransactionsUnsupported({ reason: error.reason })
             : new ServiceBusUnavailable({
               operation: "attach coordinator",
@@ -510,9 +511,25 @@ const open = (
         })
     )
 
+    // A link Service Bus detaches while the connection stays (an idle link, an entity updated)
+    // is not used again: the receiver's loss fails the next receive as a lost connection, so
+    // that the session is replaced; a sender is attached again on the next send.
+    let receiverDetached = false
+    receiver.on("receiver_close", () => {
+      receiverDetached = true
+    })
+    receiver.on("receiver_error", () => {
+      receiverDetached = true
+    })
+
     const senders = new Map<string, Effect.Effect<Sender, ServiceError>>()
     // Senders once attached, for the hot path to find without running an effect.
     const readySenders = new Map<string, Sender>()
+    const forgetSender = (key: string, link: Sender) => () => {
+      if (readySenders.get(key) !== link) return
+      readySenders.delete(key)
+      senders.delete(key)
+    }
     const attachSender = (destination: string) =>
       Effect.gen(function*() {
         yield* connection.authorize(destination)
@@ -544,7 +561,16 @@ const open = (
         // A failed attach is not remembered: the next send tries again.
         return Effect.tapBoth(cached, {
           onFailure: () => Effect.sync(() => senders.delete(key)),
-          onSuccess: (link) => Effect.sync(() => readySenders.set(key, link))
+          onSuccess: (link) =>
+            Effect.sync(() => {
+              if (readySenders.get(key) === link) return
+              readySenders.set(key, link)
+              const forget = forgetSender(key, link)
+              link.once("sender_close", forget)
+              link.once("sender_error", forget)
+              // Closed before this ran: forgotten at once.
+              if (!link.is_open()) forget()
+            })
         })
       })
     const readySender = (destination: string): Sender | undefined => {
@@ -605,6 +631,11 @@ const open = (
         const after = Duration.toMillis(Duration.decode(receiveOptions.maxWaitAfterFirst ?? Duration.millis(20)))
         // Messages of a lost connection can no longer be settled: fail as any later operation does.
         if (connection.isLost()) return connection.lost
+        if (receiverDetached) {
+          return Effect.fail(
+            new ConnectionLost({ operation: "receive", entity, reason: "Service Bus detached the receive link" })
+          )
+        }
         const out = buffered.splice(0, max)
         if (out.length >= max || (out.length > 0 && after <= 0)) {
           return Effect.succeed(out as ReadonlyArray<ReceivedMessage>)
@@ -824,6 +855,21 @@ const open = (
             captureStackTrace: false
           }))
       )
+
+    // One transaction declared now, kept for the first `run`: a namespace without transactions
+    // (the Basic tier, which rejects a declare with `amqp:not-allowed`) fails the session's
+    // opening, rather than every commit later.
+    if (coordinator !== undefined) {
+      const txnId = yield* coordinator.declare.pipe(
+        Effect.mapError((error): ServiceError | TransactionsUnsupported =>
+          error._tag === "TransactionRejected" && refusesTransactions(error.condition)
+            ? new TransactionsUnsupported({ reason: error.message })
+            : new ServiceBusUnavailable({ operation: "declare", entity, reason: error.message })
+        ),
+        (effect) => guard(effect, "declare")
+      )
+      ready.push({ txnId, at: Date.now() })
+    }
 
     const api: Api.TransactionalSession = { entity, viaEntity, receive, settle, renewLock }
     const internalsOf: SessionInternals = {
@@ -1199,6 +1245,10 @@ export const sendThenSettle = (
     }
   )
 }
+
+/** The conditions Service Bus refuses transactions with on a namespace that has none. */
+const refusesTransactions = (condition: string | undefined): boolean =>
+  condition === "amqp:not-allowed" || condition === "amqp:not-implemented"
 
 const coordinatorError = (
   error: Coordinator.CoordinatorError,

@@ -3,7 +3,7 @@
 // Progress is observed through the processor's counts (`awaitStats`), never by sleeping.
 import { assert, describe, it } from "@effect/vitest"
 import type { Context, Duration, Scope } from "effect"
-import { Deferred, Effect, Either, Layer, Ref, Schema, Tracer } from "effect"
+import { Cause, Deferred, Effect, Either, Exit, Fiber, Layer, Ref, Schema, Tracer } from "effect"
 import * as Aggregate from "../../src/Aggregate.js"
 import * as Decider from "../../src/Decider.js"
 import * as EventCodec from "../../src/EventCodec.js"
@@ -325,6 +325,34 @@ export const processorSuite = (name: string, makeEnv: MakeEnv): void => {
           )
           assert.strictEqual(poison.length, 3)
           for (const span of poison) assert.strictEqual(span.attributes.get("error"), "Refused")
+        })
+    )
+
+    test(
+      "a stats predicate that throws fails its own wait; the processor keeps going",
+      queues(),
+      (env) =>
+        Effect.gen(function*() {
+          const processor = yield* MessageProcessor.run({
+            source: MessageReceiver.queue("in"),
+            transport: env.transport,
+            receiveWait: "1 second",
+            concurrency: 1,
+            handlers: {
+              OrderPlaced: MessageProcessor.handler(Order, (order, context) => context.send("out", { body: order }))
+            }
+          })
+          // Checked at every change of the counts, from the messages' own fibers.
+          const failing = yield* Effect.fork(processor.awaitStats((s) => {
+            if (s.received > 0) throw new Error("a broken predicate")
+            return false
+          }))
+          yield* seed("in", [input(1), input(2), input(3)])
+          const exit = yield* within(Fiber.await(failing), "the failing wait")
+          assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+          const stats = yield* within(processor.awaitStats((s) => s.completed >= 3), "completions")
+          assert.strictEqual(stats.completed, 3)
+          assert.strictEqual(stats.inFlight, 0)
         })
     )
 

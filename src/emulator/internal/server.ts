@@ -179,6 +179,20 @@ export class EmulatorServer {
   }
 
   /** Closes every client connection, with an error the SDK treats as transient. */
+  /** Detaches every message link (senders and receivers), keeping the connections. */
+  detachLinks(): number {
+    let detached = 0
+    for (const conn of this.connections.values()) {
+      for (const state of [...conn.links]) {
+        if (state.role.kind !== "send" && state.role.kind !== "receive") continue
+        this.releaseLink(state)
+        state.link.close({ condition: "amqp:link:detach-forced", description: "The emulator detached the link." })
+        detached++
+      }
+    }
+    return detached
+  }
+
   closeConnections(abrupt: boolean): number {
     const all = [...this.connections.values()]
     for (const conn of all) {
@@ -355,9 +369,6 @@ export class EmulatorServer {
     const coordinatorTarget = session.coordinatorTargets.get(link.name)
     if (coordinatorTarget !== undefined) {
       session.coordinatorTargets.delete(link.name)
-      if (this.broker.limits.transactions === false) {
-        return this.refuseLink(link, "amqp:not-implemented", "This namespace has no transactions (Basic tier).")
-      }
       link.local.attach.target = coordinatorTarget
       link.set_source({ address: remote?.source?.address ?? null })
       this.register(link, conn, session, { kind: "coordinator" })
@@ -595,6 +606,13 @@ export class EmulatorServer {
       }
       const fields = Array.isArray(body.value) ? body.value as ReadonlyArray<AmqpValue> : []
       if (body.descriptor === 0x31 || body.descriptor === "amqp:declare:list") {
+        if (this.broker.limits.transactions === false) {
+          // What Service Bus answers on a Basic tier namespace.
+          throw new BrokerError(
+            Conditions.notAllowed,
+            "Transaction is unsupported because the namespace is of 'Basic' tier."
+          )
+        }
         const txn = this.broker.declare(state)
         delivery.update(true, states.declared(txn.id))
         return
