@@ -16,7 +16,7 @@ import { report } from "./util.js"
 // Enough messages for the steady state to dominate: a run of a few hundred is mostly link setup.
 const count = Number(process.env.N ?? 2000)
 const concurrency = Number(process.env.C ?? 8)
-const rounds = Number(process.env.ROUNDS ?? 2)
+const rounds = Number(process.env.ROUNDS ?? 3)
 const backlog = Number(process.env.BACKLOG ?? 10_000)
 const warmup = 100
 const body = { id: "00000000-0000-0000-0000-000000000000", type: "AccountOpened", amount: 100 }
