@@ -171,6 +171,25 @@ const traceparentIn = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string | un
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 
+/**
+ * Retries `effect` under the schedule after it failed with `first`: the schedule sees that
+ * failure first, as with `Effect.retry` around the first attempt too, but its driver is made
+ * only now (the first attempt almost always succeeds).
+ */
+const retryAfter = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  first: E,
+  options: { readonly schedule: Schedule.Schedule<unknown, E>; readonly while?: (error: E) => boolean }
+): Effect.Effect<A, E, R> => {
+  let pending = true
+  const again = Effect.suspend(() => {
+    if (!pending) return effect
+    pending = false
+    return Effect.fail(first)
+  })
+  return Effect.retry(again, options)
+}
+
 const countCompleted = (stats: Mutable<Api.Stats>): void => {
   stats.completed++
 }
@@ -468,15 +487,11 @@ export const run = <H extends Api.Handlers, R>(
           // The schedule's driver is made only after a first transient failure: the first attempt
           // almost always succeeds. The schedule then sees that failure first, as with
           // `Effect.retry` over the whole.
-          return Effect.catchIf(once, isTransient, (first) => {
-            let pending = true
-            const again = Effect.suspend(() => {
-              if (!pending) return once
-              pending = false
-              return Effect.fail(first)
-            })
-            return Effect.retry(again, { schedule: retry, while: isTransient })
-          })
+          return Effect.catchIf(
+            once,
+            isTransient,
+            (first) => retryAfter(once, first, { schedule: retry, while: isTransient })
+          )
         }
 
         const commit = (sends: ReadonlyArray<Dispatch>) =>
@@ -674,17 +689,8 @@ export const run = <H extends Api.Handlers, R>(
     // would make one each time). The loop yields between receives, as `Effect.forever` does, so
     // that the message fibers it just forked start first.
     const once = Effect.tapError(receiveOnce, (error) => Effect.logWarning("Receiving failed; trying again", error))
-    const recover = (first: Api.StartError | ReceiveError) => {
-      let pending = true
-      const again = Effect.suspend(() => {
-        if (!pending) return once
-        pending = false
-        return Effect.fail(first)
-      })
-      return Effect.retry(again, receiveBackoff)
-    }
     const receiving: Effect.Effect<never, Api.StartError | ReceiveError> = Effect.flatMap(
-      Effect.catchAll(once, recover),
+      Effect.catchAll(once, (first) => retryAfter(once, first, { schedule: receiveBackoff })),
       () => Effect.zipRight(Effect.yieldNow(), receiving)
     )
     const loop = receiving.pipe(Effect.annotateLogs({ entity, processor: transport.name }))
