@@ -48,7 +48,7 @@ import { MessageEncodeError } from "../ServiceBusError.js"
 import { isTransient as isTransactionTransient } from "../ServiceBusTransaction.js"
 import type { Dispatch, Inbound } from "./messageProcessorTransport.js"
 import { implOf } from "./messageProcessorTransport.js"
-import { annotateSpan, isTracing } from "./tracing.js"
+import { annotateSpan, currentSpanOf, isTracing } from "./tracing.js"
 
 export const propertyNames = {
   retryCount: "retryCount",
@@ -162,11 +162,10 @@ const parentSpanOf = (traceparent: string | undefined): Tracer.ExternalSpan | un
   })
 }
 
-// The fiber's current span's, if any. Read from the context rather than with `Effect.currentSpan`,
-// which fails (an exception with a stack trace) when there is none.
+// The fiber's current span's, if any.
 const traceparentIn = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string | undefined => {
-  const span = Context.getOption(fiber.getFiberRef(FiberRef.currentContext), Tracer.ParentSpan)
-  return Option.isSome(span) && span.value._tag === "Span" ? traceparentOf(span.value) : undefined
+  const span = currentSpanOf(fiber)
+  return span === undefined ? undefined : traceparentOf(span)
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }

@@ -383,7 +383,7 @@ const makeClient = (options: Api.ServiceBusOptions) =>
   )
 
 // ---------------------------------------------------------------------------------------------
-// Atomic
+// Over a session: atomic and idempotent modes
 
 interface Held {
   readonly session: ServiceBusTransaction.TransactionalSession
@@ -498,6 +498,17 @@ const makeGroupCommit = (
     )
     return Effect.zipRight(commit, drain)
   })
+  // The fiber that drains, without the log annotations and the `CurrentMessage` of the message
+  // that starts it: it serves others too.
+  const detachedDrain = Effect.locally(
+    Effect.mapInputContext(
+      drain,
+      (services: Context.Context<never>) =>
+        Context.omit(CurrentMessage)(services as Context.Context<CurrentMessage>) as Context.Context<never>
+    ),
+    FiberRef.currentLogAnnotations,
+    HashMap.empty()
+  )
 
   // Uninterruptible, like the processor's commit: an entry queued is committed, and answered.
   return (message, settlement, sends) =>
@@ -508,14 +519,7 @@ const makeGroupCommit = (
         queue.push({ message, settlement, sends, operations, done })
         if (running >= groupsInFlight) return Deferred.await(done)
         running++
-        // Without the annotations and the `CurrentMessage` of the message that starts it: the
-        // fiber serves others too.
-        const detached = Effect.mapInputContext(drain, (services: Context.Context<never>) =>
-          Context.omit(CurrentMessage)(services as Context.Context<CurrentMessage>) as Context.Context<never>)
-        return Effect.zipRight(
-          Effect.forkIn(Effect.locally(detached, FiberRef.currentLogAnnotations, HashMap.empty()), scope),
-          Deferred.await(done)
-        )
+        return Effect.zipRight(Effect.forkIn(detachedDrain, scope), Deferred.await(done))
       })))
 }
 

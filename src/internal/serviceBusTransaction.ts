@@ -716,10 +716,7 @@ const open = (
       })
     )
     const declareNow: Start<Buffer, Coordinator.CoordinatorError> = (finish) => {
-      if (coordinator === undefined) {
-        finish(Either.left(new Coordinator.CoordinatorUnavailable({ reason: "the session has no transactions" })))
-        return () => undefined
-      }
+      if (coordinator === undefined) return noCoordinator(finish)
       return coordinator.request(encodeDeclare(), (answer) => finish(Either.flatMap(answer, Coordinator.declareResult)))
     }
     const rollBack = (txnId: Buffer) => {
@@ -794,11 +791,7 @@ const open = (
 
     const settle = (message: ReceivedMessage, settlement: Settlement) =>
       settleDelivery(internalsOf, message, settlement, undefined).pipe(
-        Effect.mapError((error): SettleError =>
-          error._tag === "TransactionFailed" || error._tag === "TransactionTimeout"
-            ? new ServiceBusFailure({ operation: "settle", entity, reason: error.message })
-            : error
-        ),
+        Effect.mapError(outsideTransaction("settle", entity)),
         (effect) =>
           withSpanIfTracing(effect, "ServiceBusTransaction.settle", () => ({
             attributes: { entity, messageId: message.messageId ?? "", settlement: settlement._tag },
@@ -1145,6 +1138,9 @@ const startSend = (
   }
 }
 
+/** One operation of a write: its name (for a timeout's message) and how to start it. */
+type Operation = { readonly name: string; readonly start: Start<void, Api.TransactionError> }
+
 /**
  * Starts every operation at once (pipelined) and ends when all are accepted, or at the first
  * failure (the others stop being listened for).
@@ -1188,10 +1184,6 @@ export const sendThenSettle = (
   if (session === undefined) {
     return Effect.dieMessage("sendThenSettle needs a session made by ServiceBusTransaction.makeSession")
   }
-  const settlementMaps = (error: Api.TransactionError): SendError | SettleError =>
-    error._tag === "TransactionFailed" || error._tag === "TransactionTimeout" || error._tag === "TransactionTooLarge"
-      ? new ServiceBusFailure({ operation: "send", entity: session.entity, reason: error.message })
-      : error
   return Effect.flatMap(
     Effect.forEach(sends, (dispatch) =>
       Effect.zipWith(
@@ -1203,7 +1195,7 @@ export const sendThenSettle = (
         (encoded, sender) => ({ destination: dispatch.destination, encoded, sender })
       )),
     (prepared) => {
-      const operations: Array<{ readonly name: string; readonly start: Start<void, Api.TransactionError> }> = []
+      const operations: Array<Operation> = []
       for (const { destination, encoded, sender } of prepared) {
         for (const one of encoded) {
           operations.push({ name: "send", start: startSend(session, sender, destination, one, undefined) })
@@ -1214,8 +1206,11 @@ export const sendThenSettle = (
       if (!onLink) {
         // Settled through the management node (its delivery is gone from the link).
         return Effect.zipRight(
-          Effect.mapError(session.wire(sendAll, () => "send"), settlementMaps),
-          Effect.mapError(settleDelivery(session, message, settlement, undefined), settlementMaps)
+          Effect.mapError(session.wire(sendAll, () => "send"), outsideTransaction("send", session.entity)),
+          Effect.mapError(
+            settleDelivery(session, message, settlement, undefined),
+            outsideTransaction(settlementName(settlement), session.entity)
+          )
         )
       }
       const settle = startSettle(session, message, settlement, undefined)
@@ -1240,11 +1235,29 @@ export const sendThenSettle = (
             stopSettle?.()
           }
         }, () => "send and settle"),
-        settlementMaps
+        outsideTransaction("send and settle", session.entity)
       )
     }
   )
 }
+
+/** A coordinator operation on a session opened without one (`run` refuses such a session). */
+const noCoordinator = <A>(finish: (result: Either.Either<A, Coordinator.CoordinatorError>) => void) => {
+  finish(Either.left(new Coordinator.CoordinatorUnavailable({ reason: "the session has no transactions" })))
+  return () => undefined
+}
+
+/**
+ * Outside a transaction, a failure that names one (which the broker should not give) is a plain
+ * failure of the operation.
+ */
+const outsideTransaction = (operation: string, entity: string) =>
+<E extends { readonly _tag: string }>(
+  error: E | TransactionFailed | TransactionTimeout | TransactionTooLarge
+): E | ServiceBusFailure =>
+  error._tag === "TransactionFailed" || error._tag === "TransactionTimeout" || error._tag === "TransactionTooLarge"
+    ? new ServiceBusFailure({ operation, entity, reason: (error as { readonly message: string }).message })
+    : error as E
 
 /** The conditions Service Bus refuses transactions with on a namespace that has none. */
 const refusesTransactions = (condition: string | undefined): boolean =>
@@ -1302,10 +1315,7 @@ const discharge =
   (session: SessionInternals, txnId: Uint8Array, fail: boolean): Start<void, Coordinator.CoordinatorError> =>
   (finish) => {
     session.prepareNext()
-    if (session.coordinator === undefined) {
-      finish(Either.left(new Coordinator.CoordinatorUnavailable({ reason: "the session has no transactions" })))
-      return () => undefined
-    }
+    if (session.coordinator === undefined) return noCoordinator(finish)
     return session.coordinator.request(
       encodeDischarge(txnId, fail),
       (answer) => finish(Either.flatMap(answer, (state) => Coordinator.dischargeResult(txnId, state)))
@@ -1401,7 +1411,6 @@ export const run = <A, E, R>(
           encoded.length === 0 ? Effect.void : enlist(encoded.length, { _tag: "Send", destination, messages: encoded }))
       }
 
-      type Operation = { readonly name: string; readonly start: Start<void, Api.TransactionError> }
       const writeAll = (operations: ReadonlyArray<Operation>): Effect.Effect<void, Api.TransactionError> => {
         const unanswered = new Set<number>()
         const all = startAll(operations, unanswered)

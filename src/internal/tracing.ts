@@ -23,13 +23,18 @@ export const withSpanIfTracing = <A, E, R>(
   Effect.withFiberRuntime((fiber) => isTracing(fiber) ? Effect.withSpan(effect, name, options()) : effect)
 
 /**
- * `Effect.annotateCurrentSpan` without its cost when there is no span: that one fails inside
- * with an exception (a stack trace captured) when it finds none, which on a per-message path
- * costs more than the annotation.
+ * The fiber's current span, if any, read from its context: `Effect.currentSpan` fails inside with
+ * an exception (a stack trace captured) when there is none, which on a per-message path costs
+ * more than what the span is wanted for.
  */
+export const currentSpanOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracer.Span | undefined => {
+  const span = Context.getOption(fiber.getFiberRef(FiberRef.currentContext), Tracer.ParentSpan)
+  return Option.isSome(span) && span.value._tag === "Span" ? span.value : undefined
+}
+
+/** `Effect.annotateCurrentSpan` without its cost when there is no span (see `currentSpanOf`). */
 export const annotateSpan = (key: string, value: unknown): Effect.Effect<void> =>
   Effect.withFiberRuntime((fiber) => {
-    const span = Context.getOption(fiber.getFiberRef(FiberRef.currentContext), Tracer.ParentSpan)
-    if (Option.isSome(span) && span.value._tag === "Span") span.value.attribute(key, value)
+    currentSpanOf(fiber)?.attribute(key, value)
     return Effect.void
   })
